@@ -1,0 +1,332 @@
+"""The BOSH release tarball format: write one from a release source tree, read and check one.
+
+::
+
+    release.tgz
+    ├── release.MF               name, version, commit_hash, uncommitted_changes, jobs[], packages[]
+    ├── jobs/<job>.tgz           job.MF, monit, templates/<src files>
+    └── packages/<pkg>.tgz       packaging, plus the package's files
+
+Source tree (``bosh create-release`` layout): ``config/final.yml`` (``name``), ``jobs/<job>/{spec,monit,
+templates/}``, ``packages/<pkg>/{spec,packaging}``; package files come from ``src/`` or the blob directories.
+Versions of jobs and packages are the release version (2013 dev-release style: '1'); identity is the
+fingerprint (sha1 over the item's file names, modes and contents).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .tarball import safe_extract, tar_files
+
+
+class ReleaseError(ValueError):
+    """A release (source tree or tarball) is malformed; the text names the file and the problem."""
+
+
+# --- job.MF ----------------------------------------------------------------------------------------
+
+@dataclass
+class JobSpec:
+    name: str
+    templates: dict[str, str]
+    packages: list[str]
+    properties: dict[str, dict[str, Any]]
+
+    @classmethod
+    def parse(cls, text: str, where: str = "job.MF") -> "JobSpec":
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ReleaseError(f"{where} is not valid YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise ReleaseError(f"{where} must be a YAML mapping")
+        name = doc.get("name")
+        if not isinstance(name, str) or not name:
+            raise ReleaseError(f"{where} has no name")
+        templates = doc.get("templates") or {}
+        if not isinstance(templates, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in templates.items()):
+            raise ReleaseError(f"{where}: templates must map source file to destination path")
+        for src, dst in templates.items():
+            for p in (src, dst):
+                if p.startswith("/") or ".." in Path(p).parts:
+                    raise ReleaseError(f"{where}: template path {p!r} must be relative and stay inside the job")
+        packages = doc.get("packages") or []
+        if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+            raise ReleaseError(f"{where}: packages must be a list of names")
+        props = doc.get("properties") or {}
+        if not isinstance(props, dict):
+            raise ReleaseError(f"{where}: properties must be a mapping of dotted names")
+        props = {str(k): (v if isinstance(v, dict) else {}) for k, v in props.items()}
+        return cls(name, dict(templates), list(packages), props)
+
+    def to_yaml(self) -> str:
+        doc: dict[str, Any] = {"name": self.name, "templates": self.templates, "packages": self.packages}
+        if self.properties:
+            doc["properties"] = self.properties
+        return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+@dataclass
+class JobTarball:
+    """A job as the release carries it: job.MF, the monit file, the template sources."""
+    spec: JobSpec
+    monit: str
+    templates: dict[str, str]  # template source name -> ERB text
+
+    @classmethod
+    def read(cls, data: bytes, where: str) -> "JobTarball":
+        files: dict[str, bytes] = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+                for m in tar.getmembers():
+                    if m.isfile():
+                        f = tar.extractfile(m)
+                        assert f is not None
+                        files[os.path.normpath(m.name)] = f.read()
+        except tarfile.TarError as e:
+            raise ReleaseError(f"{where} is not a tarball: {e}") from None
+        if "job.MF" not in files:
+            raise ReleaseError(f"{where} has no job.MF")
+        spec = JobSpec.parse(files["job.MF"].decode(), f"{where}: job.MF")
+        if "monit" not in files:
+            raise ReleaseError(f"{where}: job '{spec.name}' has no monit file")
+        templates = {}
+        for src in spec.templates:
+            key = os.path.normpath(os.path.join("templates", src))
+            if key not in files:
+                raise ReleaseError(f"{where}: job '{spec.name}' is missing template '{src}'")
+            templates[src] = files[key].decode()
+        return cls(spec, files["monit"].decode(), templates)
+
+    def to_bytes(self) -> bytes:
+        files: dict[str, bytes | str] = {"./job.MF": self.spec.to_yaml(), "./monit": self.monit}
+        for src, text in self.templates.items():
+            files[f"./templates/{src}"] = text
+        return tar_files(files)
+
+
+# --- release.MF ------------------------------------------------------------------------------------
+
+@dataclass
+class ReleaseItem:
+    name: str
+    version: str
+    fingerprint: str
+    sha1: str
+    dependencies: list[str] = field(default_factory=list)
+
+    def to_dict(self, package: bool) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "version": self.version, "fingerprint": self.fingerprint, "sha1": self.sha1}
+        if package:
+            d["dependencies"] = self.dependencies
+        return d
+
+
+@dataclass
+class ReleaseManifest:
+    name: str
+    version: str
+    jobs: list[ReleaseItem]
+    packages: list[ReleaseItem]
+    commit_hash: str = "00000000"
+    uncommitted_changes: bool = False
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump({
+            "name": self.name, "version": self.version, "commit_hash": self.commit_hash,
+            "uncommitted_changes": self.uncommitted_changes,
+            "packages": [p.to_dict(True) for p in self.packages],
+            "jobs": [j.to_dict(False) for j in self.jobs],
+        }, sort_keys=False)
+
+    @classmethod
+    def parse(cls, text: str) -> "ReleaseManifest":
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ReleaseError(f"release.MF is not valid YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise ReleaseError("release.MF must be a YAML mapping")
+        for key in ("name", "version"):
+            if not isinstance(doc.get(key), (str, int, float)) or str(doc.get(key)) == "":
+                raise ReleaseError(f"release.MF has no {key}")
+        if "compiled_packages" in doc:
+            raise ReleaseError("compiled releases are not supported by bosh-lab yet (release.MF has compiled_packages)")
+
+        def items(key: str) -> list[ReleaseItem]:
+            out = []
+            for i, raw in enumerate(doc.get(key) or []):
+                if not isinstance(raw, dict):
+                    raise ReleaseError(f"release.MF {key}[{i}] must be a mapping")
+                for k in ("name", "version", "sha1"):
+                    if raw.get(k) in (None, ""):
+                        raise ReleaseError(f"release.MF {key}[{i}] has no {k}")
+                deps = raw.get("dependencies") or []
+                out.append(ReleaseItem(str(raw["name"]), str(raw["version"]), str(raw.get("fingerprint") or raw["version"]),
+                                       str(raw["sha1"]), [str(d) for d in deps]))
+            return out
+        return cls(str(doc["name"]), str(doc["version"]), items("jobs"), items("packages"),
+                   str(doc.get("commit_hash") or "00000000"), bool(doc.get("uncommitted_changes")))
+
+
+# --- reading a release tarball ---------------------------------------------------------------------
+
+@dataclass
+class LoadedRelease:
+    manifest: ReleaseManifest
+    root: Path                       # where the tarball was extracted
+    jobs: dict[str, JobTarball]
+
+    def job_path(self, name: str) -> Path:
+        return self.root / "jobs" / f"{name}.tgz"
+
+    def package_path(self, name: str) -> Path:
+        return self.root / "packages" / f"{name}.tgz"
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_release(tarball: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> LoadedRelease:
+    """Extract (safely) and check a release tarball: release.MF, every job and package present with the sha1
+    it claims, every job a valid job tarball, package dependencies and job packages known. Blocking."""
+    root = Path(workdir)
+    try:
+        safe_extract(tarball, root)
+    except tarfile.TarError as e:
+        raise ReleaseError(f"not a release tarball: {e}") from None
+    mf = root / "release.MF"
+    if not mf.is_file():
+        raise ReleaseError("release tarball has no release.MF")
+    manifest = ReleaseManifest.parse(mf.read_text())
+    pkg_names = {p.name for p in manifest.packages}
+    for kind, items in (("packages", manifest.packages), ("jobs", manifest.jobs)):
+        for item in items:
+            path = root / kind / f"{item.name}.tgz"
+            if not path.is_file():
+                raise ReleaseError(f"release.MF names {kind[:-1]} '{item.name}' but {kind}/{item.name}.tgz is missing")
+            got = _sha1(path)
+            if got != item.sha1.removeprefix("sha1:"):
+                raise ReleaseError(f"{kind}/{item.name}.tgz: sha1 mismatch (release.MF says {item.sha1}, file is {got})")
+    for p in manifest.packages:
+        for d in p.dependencies:
+            if d not in pkg_names:
+                raise ReleaseError(f"package '{p.name}' depends on '{d}', which the release does not have")
+    jobs: dict[str, JobTarball] = {}
+    for j in manifest.jobs:
+        job = JobTarball.read((root / "jobs" / f"{j.name}.tgz").read_bytes(), f"jobs/{j.name}.tgz")
+        if job.spec.name != j.name:
+            raise ReleaseError(f"jobs/{j.name}.tgz: job.MF names '{job.spec.name}', release.MF '{j.name}'")
+        for needed in job.spec.packages:
+            if needed not in pkg_names:
+                raise ReleaseError(f"job '{j.name}' needs package '{needed}', which the release does not have")
+        jobs[j.name] = job
+    return LoadedRelease(manifest, root, jobs)
+
+
+# --- writing a release tarball from a source tree --------------------------------------------------
+
+def fingerprint(files: dict[str, bytes], modes: dict[str, int] | None = None) -> str:
+    h = hashlib.sha1()
+    for name in sorted(files):
+        mode = (modes or {}).get(name, 0o644)
+        h.update(f"{name}\0{'x' if mode & 0o111 else '-'}\0{hashlib.sha1(files[name]).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ReleaseError(f"{path} is missing") from None
+    except yaml.YAMLError as e:
+        raise ReleaseError(f"{path} is not valid YAML: {e}") from None
+
+
+def _package_files(src: Path, pkg: str, globs: list[str], blob_dirs: list[Path]) -> tuple[dict[str, bytes], dict[str, int]]:
+    files: dict[str, bytes] = {}
+    modes: dict[str, int] = {}
+    for pattern in globs:
+        matched = False
+        for base in [src / "src", *blob_dirs]:
+            for hit in sorted(glob.glob(str(base / pattern), recursive=True)):
+                if os.path.isfile(hit):
+                    rel = os.path.relpath(hit, base)
+                    files.setdefault(rel, Path(hit).read_bytes())
+                    modes.setdefault(rel, os.stat(hit).st_mode & 0o777)
+                    matched = True
+        if not matched:
+            places = ", ".join(str(p) for p in [src / "src", *blob_dirs])
+            raise ReleaseError(f"package '{pkg}': no file matches '{pattern}' (looked in {places})")
+    return files, modes
+
+
+def create_release(source: str | os.PathLike[str], out: str | os.PathLike[str], *, version: str = "1",
+                   name: str | None = None, blob_dirs: list[str | os.PathLike[str]] = ()) -> ReleaseManifest:  # type: ignore[assignment]
+    """Build a release tarball from a release source tree. Blocking (reads and gzips files)."""
+    src = Path(source)
+    blobs = [Path(b) for b in blob_dirs] + [src / "blobs"]
+    final = _load_yaml(src / "config" / "final.yml") if (src / "config" / "final.yml").exists() else {}
+    rel_name = name or (final or {}).get("final_name") or (final or {}).get("name")
+    if not rel_name:
+        raise ReleaseError(f"{src}: no release name (config/final.yml name:)")
+    outer: dict[str, bytes | str] = {}
+    packages: list[ReleaseItem] = []
+    for pdir in sorted(p for p in (src / "packages").iterdir() if p.is_dir()) if (src / "packages").is_dir() else []:
+        spec = _load_yaml(pdir / "spec")
+        if not isinstance(spec, dict) or spec.get("name") != pdir.name:
+            raise ReleaseError(f"{pdir / 'spec'}: name must be '{pdir.name}'")
+        files, modes = _package_files(src, pdir.name, list(spec.get("files") or []), blobs)
+        packaging = pdir / "packaging"
+        if not packaging.is_file():
+            raise ReleaseError(f"package '{pdir.name}' has no packaging script")
+        files["packaging"] = packaging.read_bytes()
+        modes["packaging"] = 0o755
+        data = tar_files({f"./{k}": v for k, v in files.items()}, {f"./{k}": v for k, v in modes.items()})
+        packages.append(ReleaseItem(pdir.name, version, fingerprint(files, modes), hashlib.sha1(data).hexdigest(),
+                                    [str(d) for d in spec.get("dependencies") or []]))
+        outer[f"./packages/{pdir.name}.tgz"] = data
+    jobs: list[ReleaseItem] = []
+    for jdir in sorted(p for p in (src / "jobs").iterdir() if p.is_dir()) if (src / "jobs").is_dir() else []:
+        spec_path = jdir / "spec"
+        if not spec_path.is_file():
+            raise ReleaseError(f"job '{jdir.name}' has no spec")
+        jspec = JobSpec.parse(spec_path.read_text(), str(spec_path))
+        if jspec.name != jdir.name:
+            raise ReleaseError(f"{spec_path}: name must be '{jdir.name}'")
+        if not (jdir / "monit").is_file():
+            raise ReleaseError(f"job '{jdir.name}' has no monit file")
+        templates = {}
+        for t in jspec.templates:
+            tp = jdir / "templates" / t
+            if not tp.is_file():
+                raise ReleaseError(f"job '{jdir.name}': template '{t}' is missing ({tp})")
+            templates[t] = tp.read_text()
+        job = JobTarball(jspec, (jdir / "monit").read_text(), templates)
+        data = job.to_bytes()
+        fp_files = {"job.MF": spec_path.read_bytes(), "monit": job.monit.encode(),
+                    **{f"templates/{k}": v.encode() for k, v in templates.items()}}
+        jobs.append(ReleaseItem(jdir.name, version, fingerprint(fp_files), hashlib.sha1(data).hexdigest()))
+        outer[f"./jobs/{jdir.name}.tgz"] = data
+    manifest = ReleaseManifest(str(rel_name), str(version), jobs, packages)
+    outer["./release.MF"] = manifest.to_yaml()
+    out = Path(out)
+    with tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp:
+        tmp.write(tar_files(outer))
+    os.replace(tmp.name, out)
+    return manifest

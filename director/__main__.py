@@ -1,0 +1,44 @@
+"""``python -m director``: the bosh-lab director."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from .app import Director, make_apps
+from .config import Config
+from .workshop import after_start
+
+
+async def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    cfg = Config.from_env()
+    director = Director(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    api, registry = make_apps(director)
+    runners = [web.AppRunner(api), web.AppRunner(registry)]
+    for r in runners:
+        await r.setup()   # the API app's cleanup_ctx starts the director
+    await web.TCPSite(runners[0], "0.0.0.0", cfg.api_port).start()
+    await web.TCPSite(runners[1], "0.0.0.0", cfg.registry_port).start()
+    logging.getLogger("director").info("director %s ready: API on :%d, registry on :%d", cfg.name, cfg.api_port, cfg.registry_port)
+    background = asyncio.create_task(after_start(director))
+    await stop.wait()
+    logging.getLogger("director").info("shutting down")
+    background.cancel()
+    await asyncio.gather(background, return_exceptions=True)
+    for r in reversed(runners):
+        await r.cleanup()   # the API app's cleanup_ctx stops the director and deletes its VMs
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

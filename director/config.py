@@ -1,0 +1,95 @@
+"""Director configuration, from environment variables (compose sets them)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"director: {name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "bosh-lab"
+    api_port: int = 25555
+    api_user: str = "admin"
+    api_password: str = "admin"
+    registry_port: int = 25889
+    registry_user: str = "admin"
+    registry_password: str = "admin"
+    registry_host: str = "director"           # how agent VMs reach the registry
+    nats_url: str = "nats://nats:nats@nats:4222"  # the director's own connection
+    agent_mbus: str = "nats://nats:nats@nats:4222"  # what agents are told (settings.mbus)
+    blobstore_endpoint: str = "http://blobstore:25250"
+    blobstore_director_user: str = "director"
+    blobstore_director_password: str = "director"
+    blobstore_agent_user: str = "agent"
+    blobstore_agent_password: str = "agent"
+    data_dir: str = "/var/vcap/store/director"
+    stemcell_image: str = "bosh-lab/stemcell:latest"
+    lab_name: str = ""                        # label value that marks this lab's VMs
+    network: str = ""                         # docker network for VMs; found from the director's own container if empty
+    heartbeat_interval: float = 30.0
+    agent_wait_timeout: float = 300.0
+    rpc_timeout: float = 45.0
+    poll_interval: float = 1.0
+    workshop: bool = True
+    workshop_dir: str = "/opt/bosh-lab/workshop"
+    workshop_blobs: str = "/opt/bosh-lab/blobs"
+    keep_vms_on_stop: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        d = cls()
+        return cls(
+            name=_env("BOSH_LAB_DIRECTOR_NAME", d.name),
+            api_port=int(_env("BOSH_LAB_API_PORT", str(d.api_port))),
+            api_user=_env("BOSH_LAB_ADMIN_USER", d.api_user),
+            api_password=_env("BOSH_LAB_ADMIN_PASSWORD", d.api_password),
+            registry_port=int(_env("BOSH_LAB_REGISTRY_PORT", str(d.registry_port))),
+            registry_user=_env("BOSH_LAB_REGISTRY_USER", d.registry_user),
+            registry_password=_env("BOSH_LAB_REGISTRY_PASSWORD", d.registry_password),
+            registry_host=_env("BOSH_LAB_REGISTRY_HOST", d.registry_host),
+            nats_url=_env("BOSH_LAB_NATS_URL", d.nats_url),
+            agent_mbus=_env("BOSH_LAB_AGENT_MBUS", _env("BOSH_LAB_NATS_URL", d.agent_mbus)),
+            blobstore_endpoint=_env("BOSH_LAB_BLOBSTORE_ENDPOINT", d.blobstore_endpoint),
+            blobstore_director_user=_env("BLOBSTORE_DIRECTOR_USER", d.blobstore_director_user),
+            blobstore_director_password=_env("BLOBSTORE_DIRECTOR_PASSWORD", d.blobstore_director_password),
+            blobstore_agent_user=_env("BLOBSTORE_AGENT_USER", d.blobstore_agent_user),
+            blobstore_agent_password=_env("BLOBSTORE_AGENT_PASSWORD", d.blobstore_agent_password),
+            data_dir=_env("BOSH_LAB_DATA_DIR", d.data_dir),
+            stemcell_image=_env("BOSH_LAB_STEMCELL_IMAGE", d.stemcell_image),
+            lab_name=_env("BOSH_LAB_NAME", d.lab_name),
+            network=_env("BOSH_LAB_NETWORK", d.network),
+            heartbeat_interval=_float("BOSH_LAB_HEARTBEAT_INTERVAL", d.heartbeat_interval),
+            agent_wait_timeout=_float("BOSH_LAB_AGENT_WAIT_TIMEOUT", d.agent_wait_timeout),
+            rpc_timeout=_float("BOSH_LAB_RPC_TIMEOUT", d.rpc_timeout),
+            poll_interval=_float("BOSH_LAB_POLL_INTERVAL", d.poll_interval),
+            workshop=_env("BOSH_LAB_WORKSHOP", "1").lower() not in ("0", "false", "no", "off", ""),
+            workshop_dir=_env("BOSH_LAB_WORKSHOP_DIR", d.workshop_dir),
+            workshop_blobs=_env("BOSH_LAB_WORKSHOP_BLOBS", d.workshop_blobs),
+            keep_vms_on_stop=_env("BOSH_LAB_KEEP_VMS_ON_STOP", "0").lower() in ("1", "true", "yes", "on"),
+        )
+
+    def registry_endpoint(self) -> str:
+        """The registry URL agents get in their user data, credentials included (as on slide 13)."""
+        return (f"http://{quote(self.registry_user, safe='')}:{quote(self.registry_password, safe='')}"
+                f"@{self.registry_host}:{self.registry_port}")
+
+    def agent_blobstore(self) -> dict[str, object]:
+        return {"provider": "dav", "options": {"endpoint": self.blobstore_endpoint,
+                                               "user": self.blobstore_agent_user,
+                                               "password": self.blobstore_agent_password}}

@@ -1,0 +1,124 @@
+"""The director's state in sqlite: releases, compiled packages, deployments, instances, tasks, registry.
+
+sqlite is blocking, so every query runs in a worker thread (one connection, serialised by a lock)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+  name TEXT NOT NULL, version TEXT NOT NULL, manifest TEXT NOT NULL, created_at REAL NOT NULL,
+  PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS release_jobs (
+  release TEXT NOT NULL, release_version TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+  fingerprint TEXT NOT NULL, sha1 TEXT NOT NULL, blobstore_id TEXT NOT NULL,
+  spec TEXT NOT NULL, monit TEXT NOT NULL, templates TEXT NOT NULL,
+  PRIMARY KEY (release, release_version, name));
+CREATE TABLE IF NOT EXISTS release_packages (
+  release TEXT NOT NULL, release_version TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+  fingerprint TEXT NOT NULL, sha1 TEXT NOT NULL, blobstore_id TEXT NOT NULL, dependencies TEXT NOT NULL,
+  PRIMARY KEY (release, release_version, name));
+CREATE TABLE IF NOT EXISTS compiled_packages (
+  name TEXT NOT NULL, fingerprint TEXT NOT NULL, stemcell TEXT NOT NULL, dependency_key TEXT NOT NULL,
+  build INTEGER NOT NULL, version TEXT NOT NULL, sha1 TEXT NOT NULL, blobstore_id TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  PRIMARY KEY (fingerprint, stemcell, dependency_key));
+CREATE TABLE IF NOT EXISTS deployments (
+  name TEXT PRIMARY KEY, manifest TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+  id TEXT PRIMARY KEY, deployment TEXT NOT NULL, group_name TEXT NOT NULL, idx INTEGER NOT NULL,
+  agent_id TEXT, vm_cid TEXT, vm_name TEXT, ip TEXT, apply_spec TEXT, state TEXT NOT NULL DEFAULT 'started',
+  UNIQUE (deployment, group_name, idx));
+CREATE TABLE IF NOT EXISTS tasks (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, state TEXT NOT NULL, description TEXT NOT NULL,
+  deployment TEXT, result TEXT, started_at REAL NOT NULL, ended_at REAL, user TEXT NOT NULL DEFAULT 'admin');
+CREATE TABLE IF NOT EXISTS registry (
+  instance_id TEXT PRIMARY KEY, settings TEXT NOT NULL);
+"""
+
+
+class Database:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        def go() -> None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(SCHEMA)
+            self._conn = conn
+        await asyncio.to_thread(go)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._conn is not None, "database is not open"
+        with self._lock:
+            return fn(self._conn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self._call, fn)
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            cur = c.execute(sql, params)
+            return int(cur.lastrowid or cur.rowcount)
+        return await self.run(go)
+
+    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return await self.run(lambda c: [dict(r) for r in c.execute(sql, params).fetchall()])
+
+    async def one(self, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        def go(c: sqlite3.Connection) -> dict[str, Any] | None:
+            r = c.execute(sql, params).fetchone()
+            return dict(r) if r else None
+        return await self.run(go)
+
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run statements all-or-nothing."""
+        def go(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN")
+            try:
+                for sql, params in statements:
+                    c.execute(sql, params)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        await self.run(go)
+
+    # --- registry (settings agents read at boot) -----------------------------------------------------
+
+    async def put_settings(self, instance_id: str, settings: dict[str, Any]) -> None:
+        await self.execute("INSERT INTO registry (instance_id, settings) VALUES (?, ?) "
+                           "ON CONFLICT(instance_id) DO UPDATE SET settings=excluded.settings",
+                           (instance_id, json.dumps(settings)))
+
+    async def get_settings(self, instance_id: str) -> str | None:
+        row = await self.one("SELECT settings FROM registry WHERE instance_id=?", (instance_id,))
+        return str(row["settings"]) if row else None
+
+    async def delete_settings(self, instance_id: str) -> None:
+        await self.execute("DELETE FROM registry WHERE instance_id=?", (instance_id,))
+
+
+def now() -> float:
+    return time.time()

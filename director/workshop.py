@@ -1,0 +1,62 @@
+"""Workshop mode: on start, upload the sample release that workshop/ ships and deploy the deck's redis-solo.
+Afterwards, deploy again every deployment whose VMs are gone (after `docker compose down` and `up`)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from boshlab.release import ReleaseError, create_release
+
+from .app import Director
+
+log = logging.getLogger("director.workshop")
+
+
+async def run_workshop(d: Director) -> None:
+    root = Path(d.config.workshop_dir)
+    tmp = Path(d.config.data_dir) / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkstemp(dir=tmp, prefix="workshop-", suffix=".tgz")[1])
+    log.info("workshop: creating release from %s (package sources from %s)", root / "release", d.config.workshop_blobs)
+    try:
+        rm = await asyncio.to_thread(create_release, root / "release", out, blob_dirs=[d.config.workshop_blobs])
+    except (ReleaseError, OSError) as e:
+        log.error("workshop: cannot create the sample release: %s", e)
+        return
+    log.info("workshop: uploading release %s/%s", rm.name, rm.version)
+    task = await d.upload_release_task(out)
+    row = await d.tasks.wait(task)
+    log.info("workshop: task %d %s: %s", task, row.get("state"), row.get("result"))
+    if row.get("state") != "done":
+        return
+    if await d.db.one("SELECT 1 FROM deployments WHERE name='redis-solo'") and "redis-solo" not in await d.deployments_missing_vms():
+        log.info("workshop: redis-solo is deployed already")
+        return
+    manifest = (root / "manifests" / "redis-solo.yml").read_text()
+    log.info("workshop: deploying redis-solo")
+    task = await d.deploy_task(manifest, "redis-solo")
+    row = await d.tasks.wait(task)
+    log.info("workshop: task %d %s: %s", task, row.get("state"), row.get("result"))
+
+
+async def redeploy_missing(d: Director) -> None:
+    """`up` after `down`: VMs were deleted; deploy each such deployment again from its stored manifest."""
+    for name in await d.deployments_missing_vms():
+        row = await d.db.one("SELECT manifest FROM deployments WHERE name=?", (name,))
+        if row is None:
+            continue
+        log.info("reconcile: deployment %s has instances without VMs: deploying it again", name)
+        task = await d.deploy_task(row["manifest"], name)
+        result = await d.tasks.wait(task)
+        log.info("reconcile: task %d %s: %s", task, result.get("state"), result.get("result"))
+
+
+async def after_start(d: Director) -> None:
+    try:
+        if d.config.workshop:
+            await run_workshop(d)
+        await redeploy_missing(d)
+    except Exception:
+        log.exception("start-up work failed")
