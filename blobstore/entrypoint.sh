@@ -1,0 +1,42 @@
+#!/bin/sh
+# bosh-lab blobstore: writes nginx's basic-auth user files from the environment, makes the store writable
+# for nginx's workers, then runs nginx in the foreground (daemon off in nginx.conf).
+#   BLOBSTORE_DIRECTOR_USER / BLOBSTORE_DIRECTOR_PASSWORD  default director / director (GET HEAD PUT DELETE)
+#   BLOBSTORE_AGENT_USER    / BLOBSTORE_AGENT_PASSWORD     default agent / agent       (GET HEAD PUT)
+set -eu
+
+: "${BLOBSTORE_DIRECTOR_USER:=director}"
+: "${BLOBSTORE_DIRECTOR_PASSWORD:=director}"
+: "${BLOBSTORE_AGENT_USER:=agent}"
+: "${BLOBSTORE_AGENT_PASSWORD:=agent}"
+
+for v in "$BLOBSTORE_DIRECTOR_USER" "$BLOBSTORE_AGENT_USER"; do
+  case "$v" in
+    ''|*:*) echo "blobstore-entrypoint: user name '$v' must be non-empty and contain no ':'" >&2; exit 1 ;;
+  esac
+done
+
+store=/var/vcap/store/blobstore
+auth=/etc/nginx/blobstore
+mkdir -p "$store/store" "$store/tmp" "$auth"
+
+# nginx reads "{PLAIN}" passwords in auth_basic_user_file (the format BOSH's read_users/write_users use).
+umask 027
+printf '%s:{PLAIN}%s\n' \
+  "$BLOBSTORE_DIRECTOR_USER" "$BLOBSTORE_DIRECTOR_PASSWORD" \
+  "$BLOBSTORE_AGENT_USER" "$BLOBSTORE_AGENT_PASSWORD" > "$auth/users"
+printf '%s:{PLAIN}%s\n' \
+  "$BLOBSTORE_DIRECTOR_USER" "$BLOBSTORE_DIRECTOR_PASSWORD" > "$auth/director_users"
+chown root:www-data "$auth" "$auth/users" "$auth/director_users"
+chmod 0750 "$auth"
+chmod 0640 "$auth/users" "$auth/director_users"
+
+# A freshly created named volume is owned by root: nginx's workers (www-data) write blobs and temp files.
+# (Only entries not owned by www-data are touched, so a big store costs one walk, not a rewrite.)
+find "$store" ! -user www-data -exec chown www-data:www-data {} +
+chmod 0750 "$store/store" "$store/tmp"
+
+echo "blobstore-entrypoint: DAV on :25250, users '$BLOBSTORE_DIRECTOR_USER' (read/write/delete)" \
+     "and '$BLOBSTORE_AGENT_USER' (read/write)" >&2
+nginx -t -q
+exec nginx "$@"
