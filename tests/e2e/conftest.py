@@ -1,0 +1,133 @@
+"""One lab for the whole test session: `docker compose up` under a project name of its own, with host
+ports Docker picks, short heartbeats, and the workshop deploy of redis-solo. Torn down (volumes and the
+director's VMs included) at the end, and checked to leave nothing behind."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LABEL_LAB = "io.bosh-lab.lab"
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@dataclass
+class Lab:
+    project: str
+    env: dict[str, str]
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+        return run(["docker", "compose", "-p", self.project, *args], self.env, check, timeout)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['director']}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, auth: tuple[str, str] | None = ("admin", "admin"),
+                content_type: str = "application/json") -> tuple[int, bytes, dict[str, str]]:
+        req = urllib.request.Request(self.api + path, data=body, method=method)
+        if auth:
+            req.add_header("Authorization", "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        if body is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def get(self, path: str) -> Any:
+        status, body, _ = self.request("GET", path)
+        assert status == 200, f"GET {path}: {status} {body!r}"
+        return json.loads(body)
+
+    def wait_task(self, task_id: int, timeout: float = 1200) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = self.get(f"/tasks/{task_id}")
+            if t["state"] not in ("queued", "processing"):
+                return t
+            time.sleep(1)
+        raise AssertionError(f"task {task_id} still running after {timeout}s")
+
+    def deploy(self, manifest: str) -> dict[str, Any]:
+        status, body, _ = self.request("POST", "/deployments", manifest.encode(), content_type="text/yaml")
+        assert status == 202, body
+        return self.wait_task(json.loads(body)["id"])
+
+    def instance(self, deployment: str = "redis-solo", group: str = "redis") -> dict[str, Any]:
+        rows = [r for r in self.get(f"/deployments/{deployment}/instances") if r["group"] == group]
+        assert rows, f"no {group} instance in {deployment}"
+        return rows[0]
+
+    def vm_exec(self, cid: str, *cmd: str, check: bool = True) -> str:
+        p = run(["docker", "exec", cid, *cmd], check=check)
+        return p.stdout
+
+    def agent_log(self, cid: str) -> str:
+        return self.vm_exec(cid, "cat", "/var/vcap/bosh/log/current")
+
+    def task_output(self, task_id: int, kind: str = "debug") -> str:
+        _, body, _ = self.request("GET", f"/tasks/{task_id}/output?type={kind}")
+        return body.decode()
+
+
+def lab_containers(project: str) -> list[str]:
+    out = run(["docker", "ps", "-aq", "--filter", f"label={LABEL_LAB}={project}"]).stdout.split()
+    out += run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"]).stdout.split()
+    return out
+
+
+@pytest.fixture(scope="session")
+def lab() -> Any:
+    project = os.environ.get("BOSH_LAB_TEST_PROJECT", f"bosh-lab-test-{os.getpid()}")
+    env = dict(os.environ, COMPOSE_PROJECT_NAME=project,
+               BOSH_LAB_API_PUBLISH="127.0.0.1:", BOSH_LAB_NATS_PUBLISH="127.0.0.1:",
+               BOSH_LAB_BLOBSTORE_PUBLISH="127.0.0.1:", BOSH_LAB_HEARTBEAT_INTERVAL="2",
+               BOSH_LAB_POLL_INTERVAL="0.2")
+    lab = Lab(project, env)
+    started = time.monotonic()
+    try:
+        lab.compose("up", "-d", "--build", "--wait", timeout=2400)
+        for svc, port in (("director", 25555), ("nats", 4222), ("blobstore", 25250)):
+            lab.ports[svc] = int(lab.compose("port", svc, str(port)).stdout.strip().rsplit(":", 1)[1])
+        # workshop mode: the director uploads the sample release and deploys redis-solo by itself
+        deadline = time.monotonic() + 1500
+        deploy = None
+        while time.monotonic() < deadline:
+            tasks = lab.get("/tasks?limit=50")
+            deploy = next((t for t in tasks if t["description"] == "create deployment" and t["deployment"] == "redis-solo"), None)
+            failed = [t for t in tasks if t["state"] == "error"]
+            assert not failed, f"workshop task failed: {failed}\n{lab.compose('logs', 'director', check=False).stdout[-4000:]}"
+            if deploy and deploy["state"] == "done":
+                break
+            time.sleep(2)
+        assert deploy and deploy["state"] == "done", f"workshop deploy did not finish: {deploy}"
+        lab.env["BOSH_LAB_UP_SECONDS"] = f"{time.monotonic() - started:.1f}"
+        yield lab
+    finally:
+        if os.environ.get("BOSH_LAB_TEST_KEEP"):
+            return
+        logs = lab.compose("logs", "--no-color", "director", check=False).stdout
+        (ROOT / ".pytest_cache").mkdir(exist_ok=True)
+        (ROOT / ".pytest_cache" / "director.log").write_text(logs)
+        lab.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
+        left = lab_containers(project)
+        assert not left, f"teardown left containers behind: {left}"

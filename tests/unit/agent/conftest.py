@@ -1,0 +1,192 @@
+"""Fixtures for the agent's unit tests: a tmp /var/vcap, a fake job supervisor (monit's seam), an in-process
+DAV blobstore, small HTTP servers, and a real nats-server on a random loopback port."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agent.jobsupervisor import JobSupervisor, MonitService, MonitStatus, job_state
+from agent.paths import Paths
+from boshlab.dav import DavClient, DavConfig, blob_path
+
+DATA = Path(__file__).with_name("data")
+
+
+@pytest.fixture
+def vcap(tmp_path: Path) -> Paths:
+    paths = Paths(tmp_path / "vcap")
+    paths.ensure_layout()
+    return paths
+
+
+class FakeSupervisor(JobSupervisor):
+    """Records what the agent asks of monit; services are ``{name: MonitService}`` in group vcap."""
+
+    def __init__(self, paths: Paths, services: dict[str, MonitService] | None = None) -> None:
+        self.paths = paths
+        self.services = services or {}
+        self.calls: list[str] = []
+        self.installed: list[tuple[str, str]] = []
+        self.reachable = True
+
+    async def status(self) -> MonitStatus | None:
+        if not self.reachable:
+            return None
+        return MonitStatus("1", dict(self.services), {"vcap": list(self.services)})
+
+    def job_state(self, status: MonitStatus | None) -> str:
+        return job_state(status, self.paths.stopped_marker.exists())
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        for s in self.services.values():
+            s.monitor = 1
+        self.paths.stopped_marker.unlink(missing_ok=True)
+
+    async def stop_and_wait(self) -> None:
+        self.calls.append("stop")
+        for s in self.services.values():
+            s.monitor = 0
+        self.paths.stopped_marker.touch()
+
+    async def unmonitor(self) -> None:
+        self.calls.append("unmonitor")
+        for s in self.services.values():
+            s.monitor = 0
+
+    async def reload(self) -> None:
+        self.calls.append("reload")
+
+    def install_jobs(self, jobs: Sequence[tuple[str, str]]) -> None:
+        self.calls.append("install_jobs")
+        self.installed = list(jobs)
+
+
+@pytest.fixture
+def supervisor(vcap: Paths) -> FakeSupervisor:
+    return FakeSupervisor(vcap)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """``await http_server(handler)`` -> base URL of a loopback server answering every path with it."""
+    runners: list[web.AppRunner] = []
+
+    async def make(handler: Handler) -> str:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield make
+    for r in runners:
+        await r.cleanup()
+
+
+@dataclass
+class FakeDav:
+    """An in-memory DAV blobstore with BOSH's paths and basic auth (user agent/agent)."""
+    url: str = ""
+    store: dict[str, bytes] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    def put(self, blob_id: str, data: bytes) -> str:
+        self.store[blob_path(blob_id)] = data
+        return hashlib.sha1(data).hexdigest()
+
+    def get(self, blob_id: str) -> bytes:
+        return self.store[blob_path(blob_id)]
+
+    def client(self) -> DavClient:
+        return DavClient(DavConfig(self.url, "agent", "agent"))
+
+    async def handler(self, request: web.Request) -> web.Response:
+        self.requests.append((request.method, request.path))
+        if request.headers.get("Authorization") != "Basic YWdlbnQ6YWdlbnQ=":  # agent:agent
+            return web.Response(status=401)
+        if request.method == "PUT":
+            self.store[request.path] = await request.read()
+            return web.Response(status=201)
+        if request.path not in self.store:
+            return web.Response(status=404)
+        return web.Response(body=self.store[request.path])
+
+
+@pytest.fixture
+async def dav(http_server: Callable[[Handler], Awaitable[str]]) -> FakeDav:
+    fake = FakeDav()
+    fake.url = await http_server(fake.handler)
+    return fake
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NatsServer:
+    port: int
+    user: str = "nats"
+    password: str = "nats"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.user}:{self.password}@127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server (Debian's, ``apt-get install nats-server``) with the deck's user/password auth."""
+    exe = shutil.which("nats-server") or next((p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server")
+                                               if Path(p).exists()), None)
+    if exe is None:
+        pytest.skip("nats-server is not installed (apt-get install nats-server): the NATS round trip needs it")
+    server = NatsServer(_free_port())
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: 127.0.0.1:{server.port}\nauthorization {{ user: "nats", password: "nats" }}\n')
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise RuntimeError("nats-server did not start")
+    yield server
+    proc.terminate()
+    proc.wait(5)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
