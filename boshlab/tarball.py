@@ -38,7 +38,10 @@ def safe_extract(archive: str | os.PathLike[str] | bytes, dest: str | os.PathLik
     name = None if fileobj else os.fspath(archive)  # type: ignore[arg-type,unused-ignore]
     with tarfile.open(name=name, fileobj=fileobj, mode="r:*") as tar:
         members = check_members(tar, dest)
-        tar.extractall(dest, members=members, filter="tar")
+        if hasattr(tarfile, "tar_filter"):   # Python >= 3.11.4 (Debian bookworm has 3.11.2)
+            tar.extractall(dest, members=members, filter="tar")
+        else:
+            tar.extractall(dest, members=members)
 
 
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
