@@ -190,3 +190,64 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def make_settings(blobstore_url: str = "http://127.0.0.1:9", mbus: str = "nats://nats:nats@127.0.0.1:4222",
+                  agent_id: str = "agent-1", heartbeat_interval: float = 30) -> dict[str, Any]:
+    return {
+        "agent_id": agent_id, "vm": {"name": "vm-1"}, "mbus": mbus,
+        "blobstore": {"provider": "dav", "options": {"endpoint": blobstore_url, "user": "agent", "password": "agent"}},
+        "networks": {"default": {"type": "dynamic", "ip": "172.18.0.5", "netmask": "255.255.0.0",
+                                 "gateway": "172.18.0.1", "dns": ["127.0.0.11"], "default": ["dns", "gateway"],
+                                 "cloud_properties": {}}},
+        "disks": {"system": "/dev/sda", "ephemeral": None, "persistent": {}},
+        "ntp": [], "env": {"bosh": {"heartbeat_interval": heartbeat_interval, "lab": {}}},
+    }
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.published.append((subject, payload))
+
+    async def flush(self, timeout: int) -> None:
+        pass
+
+
+@pytest.fixture
+def services(vcap: Paths, supervisor: FakeSupervisor, dav: FakeDav) -> Any:
+    from agent.action.base import Services, blobstore_client
+    from agent.applier import Applier
+    from agent.settings import SettingsService
+    from agent.spec import SpecStore
+    from agent.tasks import TaskManager
+    from agent.vitals import Vitals
+
+    settings = SettingsService(vcap)
+    settings.use(make_settings(dav.url))  # type: ignore[arg-type]
+    applier = Applier(vcap, lambda: blobstore_client(settings), supervisor)
+    return Services(vcap, settings, SpecStore(vcap), supervisor, applier, TaskManager(), FakePublisher(), Vitals(vcap))
+
+
+@pytest.fixture
+def agent_log() -> Iterator[list[str]]:
+    """The agent's log messages (without the ``#[pid] LEVEL:`` prefix), as ``LEVEL: message`` strings."""
+    import logging
+
+    from agent.log import log
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname.replace('WARNING', 'WARN')}: {record.getMessage()}")
+
+    handler = Collect(logging.DEBUG)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    yield lines
+    log.removeHandler(handler)
+    log.setLevel(level)

@@ -1,0 +1,134 @@
+"""``drain(type, new_spec)`` (async, cancelable): run the current job's ``bin/drain`` and return its integer,
+2013 style: the director sleeps that many seconds, or for a negative N sleeps |N| and asks
+``drain("status")`` again until the value is >= 0 (protocol.md §7).
+
+Order: unmonitor every vcap service (not for ``status``) so monit does not restart what the script stops;
+for ``shutdown`` publish ``hm.agent.shutdown.<id>`` first; then run the scripts.
+
+argv: ``update``   -> ``job_new|job_changed  hash_new|hash_unchanged|hash_changed  [updated packages...]``
+      ``shutdown`` -> ``job_shutdown hash_unchanged``
+      ``status``   -> ``job_check_status hash_unchanged``
+env:  ``BOSH_JOB_STATE`` / ``BOSH_JOB_NEXT_STATE`` = ``{"persistent_disk":N}`` of the current / new spec
+      (no NEXT_STATE without a new spec), PATH=/usr/sbin:/usr/bin:/sbin:/bin over the agent's environment.
+Several jobs with a drain script run one after another; the result is the most negative value if any is
+negative (the director re-checks soonest), else the largest wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from pathlib import Path
+
+from boshlab.wire import shutdown_subject
+
+from ..jobsupervisor import JobSupervisorError
+from ..log import log
+from ..spec import ApplySpec, job_names, packages
+from .base import Action, ActionError, Arg
+
+DRAIN_TYPES = ("update", "shutdown", "status")
+SCRIPT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+CANCEL_GRACE = 10.0
+_SIGNED_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def drain_argv(kind: str, current: ApplySpec, new: ApplySpec | None) -> list[str]:
+    if kind == "shutdown":
+        return ["job_shutdown", "hash_unchanged"]
+    if kind == "status":
+        return ["job_check_status", "hash_unchanged"]
+    new = new or {}
+    job_change = "job_new" if not job_names(current) else "job_changed"
+    old_hash, new_hash = current.get("configuration_hash"), new.get("configuration_hash")
+    hash_change = "hash_new" if not old_hash else "hash_unchanged" if old_hash == new_hash else "hash_changed"
+    old_pkgs = packages(current)
+    updated = sorted(name for name, ref in packages(new).items()
+                     if name not in old_pkgs or old_pkgs[name].get("sha1") != ref.get("sha1"))
+    return [job_change, hash_change, *updated]
+
+
+def _job_state(spec: ApplySpec) -> str:
+    disk = spec.get("persistent_disk", 0)
+    return json.dumps({"persistent_disk": disk if isinstance(disk, int) else 0}, separators=(",", ":"))
+
+
+def drain_env(current: ApplySpec, new: ApplySpec | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = SCRIPT_PATH
+    env["BOSH_JOB_STATE"] = _job_state(current)
+    if new is not None:
+        env["BOSH_JOB_NEXT_STATE"] = _job_state(new)
+    else:
+        env.pop("BOSH_JOB_NEXT_STATE", None)
+    return env
+
+
+def parse_drain_output(stdout: str) -> int:
+    text = stdout.strip()
+    if not _SIGNED_INT.fullmatch(text):
+        raise ActionError(f"Script did not return a signed integer: {text[:200]!r}")
+    return int(text)
+
+
+def combine(values: list[int]) -> int:
+    negative = [v for v in values if v < 0]
+    return min(negative) if negative else max(values, default=0)
+
+
+async def run_drain_script(path: Path, argv: list[str], env: dict[str, str]) -> int:
+    log.info("Running drain script %s %s", path, " ".join(argv))
+    try:
+        proc = await asyncio.create_subprocess_exec(str(path), *argv, env=env, cwd="/",
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except OSError as e:
+        raise ActionError(f"Running drain script {path}: {e.strerror or e}") from None
+    try:
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:
+        log.warning("Drain canceled: terminating %s (pid %d)", path, proc.pid)
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), CANCEL_GRACE)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+        raise
+    stdout = out.decode(errors="replace")
+    if err.strip():
+        log.debug("Drain script %s stderr: %s", path, err.decode(errors="replace").strip()[-2000:])
+    value = parse_drain_output(stdout)
+    log.info("Drain script %s exited %s and returned %d", path, proc.returncode, value)
+    return value
+
+
+class Drain(Action):
+    name = "drain"
+    args = (Arg("drain type", str), Arg("apply spec", dict, required=False, nullable=True))
+    cancelable = True
+
+    def is_async(self, protocol: int) -> bool:
+        return True
+
+    async def run(self, kind: str, new_spec: ApplySpec | None = None) -> int:
+        if kind not in DRAIN_TYPES:
+            raise ActionError(f"Unknown drain type '{kind}' (expected update, shutdown or status)")
+        if kind == "update" and new_spec is None:
+            raise ActionError("drain 'update' needs the new apply spec as argument 2")
+        svc = self.services
+        current = svc.specs.load()
+        if kind != "status":
+            try:
+                await svc.supervisor.unmonitor()
+            except JobSupervisorError as e:
+                raise ActionError(f"Unmonitoring services: {e}") from None
+        if kind == "shutdown":
+            await svc.mbus.publish(shutdown_subject(svc.agent_id), b"null")
+        scripts = [p for job in job_names(current) if (p := svc.paths.job_link(job) / "bin" / "drain").is_file()]
+        if not scripts:
+            log.info("No drain script for job(s) %s: drain returns 0", ", ".join(job_names(current)) or "(none)")
+            return 0
+        argv = drain_argv(kind, current, new_spec if kind == "update" else None)
+        env = drain_env(current, new_spec if kind != "status" else None)
+        return combine([await run_drain_script(p, argv, env) for p in scripts])

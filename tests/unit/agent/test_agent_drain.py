@@ -1,0 +1,118 @@
+"""drain: argv and env per §7, the integer contract, unmonitor first, shutdown notice, cancel."""
+import os
+
+import pytest
+
+from agent.action.base import ActionError
+from agent.action.drain import Drain, combine, drain_argv, drain_env, parse_drain_output
+from agent.jobsupervisor import MonitService
+
+from .conftest import wait_for
+
+CURRENT = {"deployment": "d", "job": {"name": "redis", "templates": [{"name": "redis", "version": "1"}]},
+           "configuration_hash": "aaa", "persistent_disk": 0,
+           "packages": {"redis": {"name": "redis", "sha1": "s1"}, "common": {"name": "common", "sha1": "c1"}}}
+NEW = {**CURRENT, "configuration_hash": "bbb", "persistent_disk": 100,
+       "packages": {"redis": {"name": "redis", "sha1": "s2"}, "common": {"name": "common", "sha1": "c1"},
+                    "added": {"name": "added", "sha1": "a1"}}}
+
+
+def test_argv_update():
+    assert drain_argv("update", CURRENT, NEW) == ["job_changed", "hash_changed", "added", "redis"]
+    assert drain_argv("update", CURRENT, {**CURRENT}) == ["job_changed", "hash_unchanged"]
+    assert drain_argv("update", {}, NEW) == ["job_new", "hash_new", "added", "common", "redis"]
+
+
+def test_argv_shutdown_and_status():
+    assert drain_argv("shutdown", CURRENT, NEW) == ["job_shutdown", "hash_unchanged"]
+    assert drain_argv("status", CURRENT, None) == ["job_check_status", "hash_unchanged"]
+
+
+def test_env():
+    env = drain_env(CURRENT, NEW, base={"HOME": "/root", "PATH": "/x", "BOSH_JOB_NEXT_STATE": "stale"})
+    assert env == {"HOME": "/root", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                   "BOSH_JOB_STATE": '{"persistent_disk":0}', "BOSH_JOB_NEXT_STATE": '{"persistent_disk":100}'}
+    assert "BOSH_JOB_NEXT_STATE" not in drain_env(CURRENT, None, base={"BOSH_JOB_NEXT_STATE": "stale"})
+
+
+@pytest.mark.parametrize("out,value", [("0\n", 0), (" 15 ", 15), ("-5", -5), ("+3", 3)])
+def test_parse_signed_integer(out, value):
+    assert parse_drain_output(out) == value
+
+
+@pytest.mark.parametrize("out", ["", "abc", "1.5", "5 seconds", "١٢"])
+def test_not_a_signed_integer(out):
+    with pytest.raises(ActionError, match="Script did not return a signed integer"):
+        parse_drain_output(out)
+
+
+def test_combine():
+    assert combine([]) == 0
+    assert combine([5, 2]) == 5
+    assert combine([5, -3, -10]) == -10
+
+
+def install_drain(vcap, body: str) -> None:
+    bin_dir = vcap.data / "jobs" / "redis" / "h" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "drain").write_text("#!/bin/bash\n" + body)
+    (bin_dir / "drain").chmod(0o755)
+    os.symlink(bin_dir.parent, vcap.job_link("redis"))
+
+
+async def test_update_runs_the_script_after_unmonitoring(services, vcap, tmp_path):
+    services.specs.save(CURRENT)
+    services.supervisor.services = {"redis": MonitService("redis", monitor=1)}
+    record = tmp_path / "record"
+    install_drain(vcap, f'echo "$@|$BOSH_JOB_STATE|$BOSH_JOB_NEXT_STATE|$PATH" > {record}\necho -7\n')
+    assert await Drain(services).run("update", NEW) == -7
+    assert record.read_text().strip() == ('job_changed hash_changed added redis|{"persistent_disk":0}|'
+                                          '{"persistent_disk":100}|/usr/sbin:/usr/bin:/sbin:/bin')
+    assert services.supervisor.calls == ["unmonitor"]
+
+
+async def test_status_does_not_unmonitor_and_has_no_next_state(services, vcap, tmp_path):
+    services.specs.save(CURRENT)
+    record = tmp_path / "record"
+    install_drain(vcap, f'echo "$@|${{BOSH_JOB_NEXT_STATE-unset}}" > {record}\necho 0\n')
+    assert await Drain(services).run("status") == 0
+    assert record.read_text().strip() == "job_check_status hash_unchanged|unset"
+    assert services.supervisor.calls == []
+
+
+async def test_shutdown_tells_the_health_monitor_first(services, vcap):
+    services.specs.save(CURRENT)
+    install_drain(vcap, "echo 3\n")
+    assert await Drain(services).run("shutdown", None) == 3
+    assert services.mbus.published == [("hm.agent.shutdown.agent-1", b"null")]
+
+
+async def test_no_script_means_zero(services):
+    services.specs.save(CURRENT)
+    assert await Drain(services).run("update", NEW) == 0
+
+
+async def test_bad_output_and_bad_arguments(services, vcap):
+    services.specs.save(CURRENT)
+    install_drain(vcap, "echo soon\n")
+    with pytest.raises(ActionError, match="Script did not return a signed integer: 'soon'"):
+        await Drain(services).run("shutdown")
+    with pytest.raises(ActionError, match="needs the new apply spec"):
+        await Drain(services).run("update")
+    with pytest.raises(ActionError, match="Unknown drain type 'later'"):
+        await Drain(services).run("later")
+
+
+async def test_cancel_terminates_the_script(services, vcap, tmp_path):
+    services.specs.save(CURRENT)
+    pidfile = tmp_path / "pid"
+    install_drain(vcap, f"echo $$ > {pidfile}\nexec sleep 30\n")
+    task = services.tasks.submit("drain", lambda: Drain(services).run("shutdown"), cancelable=True)
+    await wait_for(pidfile.exists)
+    await wait_for(lambda: pidfile.read_text().strip())
+    pid = int(pidfile.read_text())
+    services.tasks.cancel(task.id)
+    await wait_for(lambda: task.state != "running", timeout=15)
+    assert (task.state, task.error) == ("failed", "task canceled")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
