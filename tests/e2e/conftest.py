@@ -104,8 +104,10 @@ def lab() -> Any:
                BOSH_LAB_POLL_INTERVAL="0.2")
     lab = Lab(project, env)
     started = time.monotonic()
+    reuse = bool(os.environ.get("BOSH_LAB_TEST_REUSE"))  # run against a lab that is already up (development)
     try:
-        lab.compose("up", "-d", "--build", "--wait", timeout=2400)
+        if not reuse:
+            lab.compose("up", "-d", "--build", "--wait", timeout=2400)
         for svc, port in (("director", 25555), ("nats", 4222), ("blobstore", 25250)):
             lab.ports[svc] = int(lab.compose("port", svc, str(port)).stdout.strip().rsplit(":", 1)[1])
         # workshop mode: the director uploads the sample release and deploys redis-solo by itself
@@ -123,7 +125,7 @@ def lab() -> Any:
         lab.env["BOSH_LAB_UP_SECONDS"] = f"{time.monotonic() - started:.1f}"
         yield lab
     finally:
-        if os.environ.get("BOSH_LAB_TEST_KEEP"):
+        if reuse or os.environ.get("BOSH_LAB_TEST_KEEP"):
             return
         logs = lab.compose("logs", "--no-color", "director", check=False).stdout
         (ROOT / ".pytest_cache").mkdir(exist_ok=True)
