@@ -133,3 +133,6 @@ def lab() -> Any:
         lab.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
         left = lab_containers(project)
         assert not left, f"teardown left containers behind: {left}"
+        for kind in ("volume", "network"):
+            rest = run(["docker", kind, "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"]).stdout.split()
+            assert not rest, f"teardown left {kind}s behind: {rest}"
