@@ -5,7 +5,8 @@
     INFO: Configuring instance
     INFO: Docker user data: "<user_data.json>"
     INFO: loaded new infrastructure settings: {"networks"=>..., "disks"=>..., "blobstore"=>..., "mbus"=>...}
-    then: connect to NATS, subscribe agent.<id>, heartbeat, wait for the director's ping.
+    then: mount the persistent disk of the last boot again (managed_disk_settings.json, agent/disks.py),
+    connect to NATS, subscribe agent.<id>, heartbeat, wait for the director's ping.
 
 Exits non-zero when no settings can be had (runit starts it again).
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from . import __version__
 from .action.base import Services, blobstore_client
 from .applier import Applier
+from .disks import LinuxMounter, Mounter, PersistentDisks
 from .dispatcher import Dispatcher, build_registry
 from .heartbeat import Heartbeater, collect_payload
 from .jobsupervisor import JobSupervisor, JobSupervisorError, MonitJobSupervisor
@@ -29,6 +31,7 @@ from .paths import Paths
 from .settings import SettingsError, SettingsService, heartbeat_interval
 from .spec import SpecStore
 from .tasks import TaskManager
+from .users import LinuxUsers
 from .vitals import Vitals
 
 
@@ -73,8 +76,9 @@ class Agent:
     specs: SpecStore
 
 
-async def configure(paths: Paths, supervisor: JobSupervisor | None = None) -> Agent:
-    """Boot up to "subscribed": settings, NATS, the dispatcher. ``supervisor`` replaces monit in tests."""
+async def configure(paths: Paths, supervisor: JobSupervisor | None = None, mounter: Mounter | None = None) -> Agent:
+    """Boot up to "subscribed": settings, the persistent disk of the last boot, NATS, the dispatcher.
+    ``supervisor`` replaces monit and ``mounter`` mount(8) in tests."""
     log.info("Starting agent bosh-lab %s...", __version__)
     log.info("Configuring agent...")
     paths.ensure_layout()
@@ -84,13 +88,16 @@ async def configure(paths: Paths, supervisor: JobSupervisor | None = None) -> Ag
     log.info("Configuring instance")
     settings_service = SettingsService(paths)
     settings = await settings_service.load()
+    mounter = mounter or LinuxMounter()
+    await PersistentDisks(paths, settings_service, mounter).remount_at_boot()
     supervisor = supervisor or MonitJobSupervisor(paths)
     specs = SpecStore(paths)
     tasks = TaskManager()
     mbus = MBus(settings["mbus"], settings["agent_id"])
     vitals = Vitals(paths)
     applier = Applier(paths, lambda: blobstore_client(settings_service), supervisor)
-    services = Services(paths, settings_service, specs, supervisor, applier, tasks, mbus, vitals)
+    services = Services(paths, settings_service, specs, supervisor, applier, tasks, mbus, vitals, mounter,
+                        LinuxUsers())
     dispatcher = Dispatcher(build_registry(services), tasks, mbus.publish)
     await mbus.connect()
     await mbus.subscribe(dispatcher.handle)

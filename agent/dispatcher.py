@@ -17,25 +17,32 @@ from typing import Any
 from boshlab import wire
 
 from .action.apply import Apply
-from .action.base import Action, ActionError, Services
+from .action.base import JSON_TYPES, Action, ActionError, Services, json_type
 from .action.cancel_task import CancelTask
 from .action.compile_package import CompilePackage
 from .action.drain import Drain
 from .action.get_state import GetState
 from .action.get_task import GetTask
 from .action.info import Info
+from .action.fetch_logs import FetchLogs
 from .action.list_disk import ListDisk
+from .action.migrate_disk import MigrateDisk
+from .action.mount_disk import MountDisk
 from .action.ping import Ping
 from .action.prepare_network_change import PrepareNetworkChange
+from .action.ssh import Ssh
 from .action.start import Start
 from .action.stop import Stop
+from .action.unmount_disk import UnmountDisk
 from .log import log, ruby_inspect
 from .tasks import TaskManager, describe
 
-# mount_disk, unmount_disk, migrate_disk, fetch_logs and ssh come later: until then "unknown message".
+# The deck's fourteen (slide 10: migrate_disk, list_disk, mount_disk, unmount_disk, state, drain, apply,
+# compile_package, fetch_logs, ssh, ping, start, stop, prepare_network_change), plus task control and info.
 ACTIONS: tuple[type[Action], ...] = (
-    Ping, Info, GetState, GetTask, CancelTask, Apply, Start, Stop, Drain, CompilePackage,
-    PrepareNetworkChange, ListDisk,
+    MigrateDisk, ListDisk, MountDisk, UnmountDisk, GetState, Drain, Apply, CompilePackage, FetchLogs, Ssh,
+    Ping, Start, Stop, PrepareNetworkChange,
+    GetTask, CancelTask, Info,
 )
 
 Reply = Callable[[str, bytes], Awaitable[None]]
@@ -54,19 +61,6 @@ class ArgumentError(Exception):
     pass
 
 
-_JSON_TYPES: dict[type, str] = {dict: "an object", list: "an array", str: "a string", int: "an integer",
-                                float: "a number", bool: "a boolean"}
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    for t in (bool, dict, list, str, int, float):
-        if isinstance(value, t):
-            return _JSON_TYPES[t]
-    return type(value).__name__
-
-
 def check_arguments(action: Action, args: list[Any]) -> list[Any]:
     """The arguments the action declares, checked; extra ones dropped, missing optional ones left out."""
     required = sum(1 for a in action.args if a.required)
@@ -78,7 +72,7 @@ def check_arguments(action: Action, args: list[Any]) -> list[Any]:
             continue
         ok = isinstance(value, decl.kind) and not (isinstance(value, bool) and decl.kind is not bool)
         if not ok:
-            raise ArgumentError(f"argument {i} ({decl.label}) must be {_JSON_TYPES.get(decl.kind, decl.kind.__name__)}, "
+            raise ArgumentError(f"argument {i} ({decl.label}) must be {JSON_TYPES.get(decl.kind, decl.kind.__name__)}, "
                                 f"got {json_type(value)}")
     return checked
 

@@ -48,8 +48,28 @@ class Paths:
         return self.base / "store"
 
     @property
+    def store_migration_target(self) -> Path:
+        """Where ``mount_disk`` puts a second disk while another is at ``store`` (for ``migrate_disk``)."""
+        return self.base / "store_migration_target"
+
+    @property
+    def bosh_ssh(self) -> Path:
+        """Home dirs of the users ``ssh setup`` makes."""
+        return self.base / "bosh_ssh"
+
+    @property
+    def agent_logs(self) -> Path:
+        """The agent's own log dir (svlogd's ``current``): ``fetch_logs`` type ``agent``."""
+        return self.bosh / "log"
+
+    @property
     def sys(self) -> Path:
         return self.base / "sys"
+
+    @property
+    def job_logs(self) -> Path:
+        """``/var/vcap/sys/log``: ``fetch_logs`` type ``job``."""
+        return self.sys / "log"
 
     @property
     def monit(self) -> Path:

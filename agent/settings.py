@@ -220,6 +220,13 @@ class SettingsService:
         self.use(settings)
         return settings
 
+    async def reload(self, attempts: int = 3) -> Settings:
+        """``mount_disk``: read the settings again from the registry (the director may have attached a disk
+        since boot), keeping the cache. On failure the current settings stay and SettingsError says why."""
+        settings = await self.fetch(attempts)
+        self.use(settings)
+        return settings
+
     async def refresh(self, attempts: int = 3) -> Settings:
         """``prepare_network_change``: drop the cache and read the settings again."""
         self.paths.settings.unlink(missing_ok=True)

@@ -1,5 +1,16 @@
-"""Long-running (async) actions as tasks (protocol.md §2.3): each gets a UUID, runs one at a time in FIFO
-order (like today's agent), and is polled with ``get_task``. Tasks live in memory only."""
+"""Long-running (async) actions as tasks (protocol.md §2.3): each gets a UUID and is polled with ``get_task``.
+Tasks live in memory only (an agent restart forgets them: ``Task with id X could not be found``).
+
+One at a time, FIFO. A second long-running message while one runs (say ``fetch_logs`` during a
+``migrate_disk``) is accepted at once with its own ``agent_task_id`` and waits its turn; ``get_task`` answers
+the running form for it meanwhile. That is today's agent (one worker reading a queue); the 2013 agent refused
+it with "already running long running task". The lab keeps the queue: the director never has to retry, and
+disk work (mount, migrate, unmount) can never overlap.
+
+``cancel_task``: only cancelable actions (``drain``) can be canceled, running or queued; the action's child
+processes are stopped (drain: SIGTERM to the script's process group, SIGKILL after 10 s) and the task ends
+failed with "task canceled". Any other task: "canceling task X (method) is not supported".
+"""
 from __future__ import annotations
 
 import asyncio

@@ -8,13 +8,29 @@ from typing import Any, ClassVar
 from boshlab.dav import DavClient, DavConfig
 
 from ..applier import Applier
+from ..disks import Mounter, PersistentDisks
 from ..heartbeat import Publisher
 from ..jobsupervisor import JobSupervisor
 from ..paths import Paths
 from ..settings import SettingsService
 from ..spec import SpecStore
 from ..tasks import TaskManager
+from ..users import UserAdmin
 from ..vitals import Vitals
+
+
+JSON_TYPES: dict[type, str] = {dict: "an object", list: "an array", str: "a string", int: "an integer",
+                               float: "a number", bool: "a boolean"}
+
+
+def json_type(value: Any) -> str:
+    """A JSON value's type as the error messages name it: ``an object``, ``a string``, ``null``..."""
+    if value is None:
+        return "null"
+    for t in (bool, dict, list, str, int, float):
+        if isinstance(value, t):
+            return JSON_TYPES[t]
+    return type(value).__name__
 
 
 class ActionError(Exception):
@@ -41,10 +57,15 @@ class Services:
     tasks: TaskManager
     mbus: Publisher
     vitals: Vitals
+    mounter: Mounter     # mount(8), for persistent disks
+    users: UserAdmin     # useradd/userdel and the host key, for ssh
 
     @property
     def agent_id(self) -> str:
         return self.settings.settings["agent_id"]
+
+    def disks(self) -> PersistentDisks:
+        return PersistentDisks(self.paths, self.settings, self.mounter)
 
     def blobstore(self) -> DavClient:
         """A DAV client with the agent's own blobstore credentials (settings ``blobstore.options``)."""
@@ -53,7 +74,6 @@ class Services:
 
 def blobstore_client(settings: SettingsService) -> DavClient:
     return DavClient(DavConfig.from_options(settings.settings["blobstore"]["options"]))
-
 
 
 class Action(ABC):

@@ -9,9 +9,14 @@ argv: ``update``   -> ``job_new|job_changed  hash_new|hash_unchanged|hash_change
       ``shutdown`` -> ``job_shutdown hash_unchanged``
       ``status``   -> ``job_check_status hash_unchanged``
 env:  ``BOSH_JOB_STATE`` / ``BOSH_JOB_NEXT_STATE`` = ``{"persistent_disk":N}`` of the current / new spec
-      (no NEXT_STATE without a new spec), PATH=/usr/sbin:/usr/bin:/sbin:/bin over the agent's environment.
-Several jobs with a drain script run one after another; the result is the most negative value if any is
-negative (the director re-checks soonest), else the largest wait.
+      (no NEXT_STATE without a new spec, so none for ``status``), PATH=/usr/sbin:/usr/bin:/sbin:/bin over
+      the agent's environment.
+output: stdout, trimmed, must be a signed integer, else "Script did not return a signed integer: '...'".
+Several jobs with a drain script run in parallel (as in BOSH); the result is the most negative value if any
+is negative (the director re-checks soonest), else the largest wait. If some fail: "N of M drain scripts
+failed. Failed Jobs: a. Successful Jobs: b." (one job: its own error).
+Cancel (``cancel_task``): each script runs in its own process group; the group gets SIGTERM, then SIGKILL
+after 10 s; the task ends failed ("task canceled") and ``get_task`` says so.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 from boshlab.wire import shutdown_subject
@@ -77,23 +83,32 @@ def combine(values: list[int]) -> int:
     return min(negative) if negative else max(values, default=0)
 
 
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
 async def run_drain_script(path: Path, argv: list[str], env: dict[str, str]) -> int:
     log.info("Running drain script %s %s", path, " ".join(argv))
     try:
-        proc = await asyncio.create_subprocess_exec(str(path), *argv, env=env, cwd="/",
+        proc = await asyncio.create_subprocess_exec(str(path), *argv, env=env, cwd="/", start_new_session=True,
+                                                    stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except OSError as e:
         raise ActionError(f"Running drain script {path}: {e.strerror or e}") from None
     try:
         out, err = await proc.communicate()
     except asyncio.CancelledError:
-        log.warning("Drain canceled: terminating %s (pid %d)", path, proc.pid)
-        proc.terminate()
+        log.warning("Drain canceled: SIGTERM to %s (process group %d)", path, proc.pid)
+        _signal_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), CANCEL_GRACE)
+            await asyncio.wait_for(asyncio.shield(proc.wait()), CANCEL_GRACE)
         except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+            log.warning("Drain script %s still running after %.0f s: SIGKILL", path, CANCEL_GRACE)
+        _signal_group(proc.pid, signal.SIGKILL)   # the script's children too, even if it is gone
+        await proc.wait()
         raise
     stdout = out.decode(errors="replace")
     if err.strip():
@@ -101,6 +116,28 @@ async def run_drain_script(path: Path, argv: list[str], env: dict[str, str]) -> 
     value = parse_drain_output(stdout)
     log.info("Drain script %s exited %s and returned %d", path, proc.returncode, value)
     return value
+
+
+async def run_all(scripts: list[tuple[str, Path]], argv: list[str], env: dict[str, str]) -> int:
+    """Every job's script in parallel; cancellation reaches (and waits for) all of them."""
+    async def one(path: Path) -> int | str:
+        try:
+            return await run_drain_script(path, argv, env)
+        except ActionError as e:
+            return str(e)
+
+    async with asyncio.TaskGroup() as tg:
+        runs = [tg.create_task(one(path)) for _, path in scripts]
+    results = [r.result() for r in runs]
+    failed = [(job, r) for (job, _), r in zip(scripts, results) if isinstance(r, str)]
+    if failed:
+        if len(scripts) == 1:
+            raise ActionError(failed[0][1])
+        ok = [job for (job, _), r in zip(scripts, results) if not isinstance(r, str)]
+        raise ActionError(f"{len(failed)} of {len(scripts)} drain scripts failed. Failed Jobs: "
+                          f"{', '.join(j for j, _ in failed)}. Successful Jobs: {', '.join(ok) or 'none'}. "
+                          + " ".join(f"{j}: {msg}" for j, msg in failed))
+    return combine([r for r in results if isinstance(r, int)])
 
 
 class Drain(Action):
@@ -125,10 +162,11 @@ class Drain(Action):
                 raise ActionError(f"Unmonitoring services: {e}") from None
         if kind == "shutdown":
             await svc.mbus.publish(shutdown_subject(svc.agent_id), b"null")
-        scripts = [p for job in job_names(current) if (p := svc.paths.job_link(job) / "bin" / "drain").is_file()]
+        scripts = [(job, p) for job in job_names(current)
+                   if (p := svc.paths.job_link(job) / "bin" / "drain").is_file()]
         if not scripts:
             log.info("No drain script for job(s) %s: drain returns 0", ", ".join(job_names(current)) or "(none)")
             return 0
         argv = drain_argv(kind, current, new_spec if kind == "update" else None)
         env = drain_env(current, new_spec if kind != "status" else None)
-        return combine([await run_drain_script(p, argv, env) for p in scripts])
+        return await run_all(scripts, argv, env)

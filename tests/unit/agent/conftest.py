@@ -1,9 +1,12 @@
-"""Fixtures for the agent's unit tests: a tmp /var/vcap, a fake job supervisor (monit's seam), an in-process
-DAV blobstore, small HTTP servers, and a real nats-server on a random loopback port."""
+"""Fixtures for the agent's unit tests: a tmp /var/vcap, a fake job supervisor (monit's seam), a fake
+mounter (mount(8)'s seam: a "mount" is a symlink, so data really moves), fake users (useradd's seam), an
+in-process DAV blobstore, small HTTP servers, and a real nats-server on a random loopback port."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
@@ -16,8 +19,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from agent.disks import DiskError, Mounter
 from agent.jobsupervisor import JobSupervisor, MonitService, MonitStatus, job_state
 from agent.paths import Paths
+from agent.users import UserAdmin, UserEntry, UserError
 from boshlab.dav import DavClient, DavConfig, blob_path
 
 DATA = Path(__file__).with_name("data")
@@ -76,6 +81,118 @@ class FakeSupervisor(JobSupervisor):
 @pytest.fixture
 def supervisor(vcap: Paths) -> FakeSupervisor:
     return FakeSupervisor(vcap)
+
+
+class FakeMounter(Mounter):
+    """``bind`` moves the target dir aside and puts a symlink to the source in its place, so files written
+    to /var/vcap/store land on the "disk"; ``unmount`` undoes it. ``volumes`` are the paths that count as
+    mount points of their own (the Docker volumes the CPI mounts at /var/vcap/store_disks/<cid>)."""
+
+    def __init__(self) -> None:
+        self.mounts: dict[Path, Path] = {}
+        self.readonly: set[Path] = set()
+        self.volumes: set[Path] = set()
+        self.calls: list[str] = []
+        self.fail: dict[str, str] = {}   # operation -> error message
+
+    def _check(self, op: str) -> None:
+        if op in self.fail:
+            raise DiskError(self.fail[op])
+
+    @staticmethod
+    def _aside(target: Path) -> Path:
+        return target.with_name(f".{target.name}.under-mount")
+
+    async def bind(self, source: Path, target: Path) -> None:
+        self.calls.append(f"bind {source} {target}")
+        self._check("bind")
+        if target in self.mounts or not target.is_dir() or not source.is_dir():
+            raise DiskError(f"mount: {target}: bad bind")
+        os.rename(target, self._aside(target))
+        os.symlink(source.resolve(), target)
+        self.mounts[target] = source
+
+    async def remount(self, target: Path, readonly: bool) -> None:
+        self.calls.append(f"remount {target} {'ro' if readonly else 'rw'}")
+        self._check("remount")
+        if target not in self.mounts:
+            raise DiskError(f"mount: {target}: not mounted")
+        (self.readonly.add if readonly else self.readonly.discard)(target)
+
+    async def unmount(self, target: Path) -> None:
+        self.calls.append(f"unmount {target}")
+        self._check("unmount")
+        if target not in self.mounts:
+            raise DiskError(f"umount: {target}: not mounted")
+        target.unlink()
+        os.rename(self._aside(target), target)
+        del self.mounts[target]
+        self.readonly.discard(target)
+
+    def is_mount_point(self, path: Path) -> bool:
+        return path in self.mounts or path in self.volumes
+
+    def attach(self, paths: Paths, cid: str) -> Path:
+        """What the Docker CPI does: a volume mounted at /var/vcap/store_disks/<cid>."""
+        vol = paths.base / "store_disks" / cid
+        vol.mkdir(parents=True, exist_ok=True)
+        self.volumes.add(vol)
+        return vol
+
+
+@pytest.fixture
+def mounter() -> FakeMounter:
+    return FakeMounter()
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKq0Zx8g9dPrk7v5N5p3E4uX9bM7qk1kW8f7d3hQ2l9a root@vm"
+
+
+class FakeUsers(UserAdmin):
+    """Users in a dict (homes really made under the tmp base dir); root and vcap exist from the start."""
+
+    def __init__(self, host_key: str | None = HOST_KEY) -> None:
+        self.host_key = host_key
+        self.users: dict[str, UserEntry] = {"root": UserEntry("root", 0, 0, Path("/root")),
+                                            "vcap": UserEntry("vcap", 1000, 1000, Path("/home/vcap"))}
+        self.groups: dict[str, tuple[str, ...]] = {}
+        self.calls: list[str] = []
+        self.fail: dict[str, str] = {}
+
+    async def add(self, name: str, base_dir: Path, groups: Sequence[str]) -> UserEntry:
+        self.calls.append(f"add {name}")
+        if "add" in self.fail:
+            raise UserError(self.fail["add"])
+        home = base_dir / name
+        home.mkdir(parents=True)
+        home.chmod(0o700)
+        # our own uid (chown to it works unprivileged); as root a made-up one, as useradd would give
+        uid = os.getuid() or 2000 + len(self.users)
+        entry = UserEntry(name, uid, os.getgid() if os.getuid() else uid, home)
+        self.users[name], self.groups[name] = entry, tuple(groups)
+        return entry
+
+    def get(self, name: str) -> UserEntry | None:
+        return self.users.get(name)
+
+    def all(self) -> list[UserEntry]:
+        return list(self.users.values())
+
+    async def delete(self, name: str) -> None:
+        self.calls.append(f"delete {name}")
+        entry = self.users.pop(name)
+        self.groups.pop(name, None)
+        shutil.rmtree(entry.home, ignore_errors=True)
+
+    def host_public_key(self) -> str:
+        if self.host_key is None:
+            raise UserError("no ssh host public key: is sshd set up?")
+        return self.host_key
+
+
+@pytest.fixture
+def users() -> FakeUsers:
+    return FakeUsers()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -216,8 +333,29 @@ class FakePublisher:
         pass
 
 
+@dataclass
+class FakeRegistry:
+    """The director's registry as the agent's SettingsService sees it: edit ``settings``, or set ``error``."""
+    settings: dict[str, Any]
+    error: str | None = None
+    fetches: int = 0
+
+    async def fetch(self, user_data: Any) -> Any:
+        from agent.settings import SettingsError, parse_settings
+        self.fetches += 1
+        if self.error is not None:
+            raise SettingsError(self.error)
+        return parse_settings(copy.deepcopy(self.settings))
+
+
 @pytest.fixture
-def services(vcap: Paths, supervisor: FakeSupervisor, dav: FakeDav) -> Any:
+def registry(dav: FakeDav) -> FakeRegistry:
+    return FakeRegistry(make_settings(dav.url))
+
+
+@pytest.fixture
+def services(vcap: Paths, supervisor: FakeSupervisor, dav: FakeDav, mounter: FakeMounter, users: FakeUsers,
+             registry: FakeRegistry) -> Any:
     from agent.action.base import Services, blobstore_client
     from agent.applier import Applier
     from agent.settings import SettingsService
@@ -225,10 +363,12 @@ def services(vcap: Paths, supervisor: FakeSupervisor, dav: FakeDav) -> Any:
     from agent.tasks import TaskManager
     from agent.vitals import Vitals
 
-    settings = SettingsService(vcap)
-    settings.use(make_settings(dav.url))  # type: ignore[arg-type]
+    settings = SettingsService(vcap, fetcher=registry.fetch, retry_delay=0)
+    settings.user_data = {"registry": {"endpoint": "http://registry.invalid"}, "instance_id": "vm-1"}
+    settings.use(copy.deepcopy(registry.settings))  # type: ignore[arg-type]
     applier = Applier(vcap, lambda: blobstore_client(settings), supervisor)
-    return Services(vcap, settings, SpecStore(vcap), supervisor, applier, TaskManager(), FakePublisher(), Vitals(vcap))
+    return Services(vcap, settings, SpecStore(vcap), supervisor, applier, TaskManager(), FakePublisher(), Vitals(vcap),
+                    mounter, users)
 
 
 @pytest.fixture
@@ -251,3 +391,47 @@ def agent_log() -> Iterator[list[str]]:
     yield lines
     log.removeHandler(handler)
     log.setLevel(level)
+
+
+async def call(services: Any, method: str, args: list[Any] | None = None, protocol: int = 3,
+               timeout: float = 15.0) -> dict[str, Any]:
+    """One request through the real dispatcher, as the director sends it. For an async action, wait for its
+    task and return what ``get_task`` answers at the end: ``{"value": ...}`` or ``{"exception": ...}``."""
+    import json
+
+    from agent.dispatcher import Dispatcher, build_registry
+
+    async def no_reply(subject: str, payload: bytes) -> None:
+        pass
+
+    d = Dispatcher(build_registry(services), services.tasks, no_reply)
+
+    async def ask(m: str, a: list[Any]) -> dict[str, Any]:
+        req = {"protocol": protocol, "method": m, "arguments": a, "reply_to": "director.p.agent-1.r"}
+        reply: dict[str, Any] = json.loads(await d.dispatch(json.dumps(req).encode()))
+        return reply
+
+    reply = await ask(method, args or [])
+    value = reply.get("value")
+    if isinstance(value, dict) and set(value) == {"agent_task_id", "state"}:
+        task_id = value["agent_task_id"]
+        await wait_for(lambda: services.tasks.get(task_id).state != "running", timeout)
+        return await ask("get_task", [task_id])
+    return reply
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every path under ``root`` with its mode and (for files) content digest, (for links) target."""
+    out: dict[str, tuple[int, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            if p.is_symlink():
+                what = "-> " + os.readlink(p)
+            elif p.is_file():
+                what = hashlib.sha1(p.read_bytes()).hexdigest()
+            else:
+                what = "dir"
+            out[str(p.relative_to(root))] = (st.st_mode, what)
+    return out

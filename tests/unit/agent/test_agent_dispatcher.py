@@ -35,11 +35,26 @@ async def ask(dispatcher: Dispatcher, method: str, args: list[Any] | None = None
     return json.loads(await dispatcher.dispatch(request(method, args, **kw)))
 
 
-def test_registry_has_the_decks_messages_of_this_issue_and_no_stubs(services):
+DECK_SLIDE_10 = {"migrate_disk", "list_disk", "mount_disk", "unmount_disk", "state", "drain", "apply",
+                 "compile_package", "fetch_logs", "ssh", "ping", "start", "stop", "prepare_network_change"}
+
+
+def test_registry_has_the_decks_fourteen_messages_and_task_control(services):
     names = set(build_registry(services))
-    assert names == {"ping", "info", "get_state", "state", "get_task", "cancel_task", "apply", "start", "stop",
-                     "drain", "compile_package", "prepare_network_change", "list_disk"}
-    assert len(ACTIONS) == 12
+    assert len(DECK_SLIDE_10) == 14 and DECK_SLIDE_10 <= names
+    assert names - DECK_SLIDE_10 == {"get_state", "get_task", "cancel_task", "info"}
+    assert len(ACTIONS) == 17 and len({a.name for a in ACTIONS}) == 17
+    for action in ACTIONS:   # one module per message, named after it
+        assert action.__module__ == f"agent.action.{action.name}", action
+
+
+@pytest.mark.parametrize("method,is_async", [
+    ("ping", False), ("info", False), ("get_state", False), ("state", False), ("get_task", False),
+    ("cancel_task", False), ("start", False), ("ssh", False), ("prepare_network_change", False),
+    ("apply", True), ("stop", True), ("drain", True), ("compile_package", True), ("fetch_logs", True),
+    ("mount_disk", True), ("unmount_disk", True), ("migrate_disk", True), ("list_disk", True)])
+def test_sync_and_async_as_in_bosh(services, method, is_async):
+    assert build_registry(services)[method].is_async(3) is is_async
 
 
 async def test_ping_and_info(agent):
@@ -48,7 +63,7 @@ async def test_ping_and_info(agent):
     assert await ask(d, "info") == {"value": {"api_version": 1}}
 
 
-@pytest.mark.parametrize("method", ["mount_disk", "ssh", "fetch_logs", "migrate_disk", "unmount_disk", "nope"])
+@pytest.mark.parametrize("method", ["nope", "run_errand", "Ping"])
 async def test_unknown_message(agent, method):
     d, _ = agent
     assert await ask(d, method) == {"exception": {"message": f"unknown message {method}"}}

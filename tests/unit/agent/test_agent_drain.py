@@ -116,3 +116,50 @@ async def test_cancel_terminates_the_script(services, vcap, tmp_path):
     assert (task.state, task.error) == ("failed", "task canceled")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def install_drain_for(vcap, job: str, body: str) -> None:
+    bin_dir = vcap.data / "jobs" / job / "h" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "drain").write_text("#!/bin/bash\n" + body)
+    (bin_dir / "drain").chmod(0o755)
+    os.symlink(bin_dir.parent, vcap.job_link(job))
+
+
+TWO_JOBS = {**CURRENT, "job": {"name": "g", "templates": [{"name": "a", "version": "1"}, {"name": "b", "version": "1"}]}}
+
+
+async def test_jobs_drain_in_parallel(services, vcap):
+    import time
+    services.specs.save(TWO_JOBS)
+    install_drain_for(vcap, "a", "sleep 0.6; echo 5\n")
+    install_drain_for(vcap, "b", "sleep 0.6; echo -3\n")
+    t0 = time.monotonic()
+    assert await Drain(services).run("shutdown") == -3
+    assert time.monotonic() - t0 < 1.1
+
+
+async def test_failed_jobs_are_named(services, vcap):
+    services.specs.save(TWO_JOBS)
+    install_drain_for(vcap, "a", "echo 5\n")
+    install_drain_for(vcap, "b", "echo later\n")
+    with pytest.raises(ActionError, match=r"^1 of 2 drain scripts failed. Failed Jobs: b. Successful Jobs: a. "
+                                          r"b: Script did not return a signed integer: 'later'$"):
+        await Drain(services).run("shutdown")
+
+
+async def test_cancel_kills_the_whole_process_group_after_the_grace(services, vcap, tmp_path, monkeypatch):
+    """A script that ignores SIGTERM and has a child: both are gone once the grace period is over."""
+    monkeypatch.setattr("agent.action.drain.CANCEL_GRACE", 0.5)
+    services.specs.save(CURRENT)
+    pids = tmp_path / "pids"
+    install_drain(vcap, f"trap '' TERM\nsleep 60 &\necho $$ $! > {pids}\nwait\n")
+    task = services.tasks.submit("drain", lambda: Drain(services).run("shutdown"), cancelable=True)
+    await wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    script, child = map(int, pids.read_text().split())
+    services.tasks.cancel(task.id)
+    await wait_for(lambda: task.state != "running", timeout=10)
+    assert (task.state, task.error) == ("failed", "task canceled")
+    for pid in (script, child):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
