@@ -148,6 +148,14 @@ async def test_failed_jobs_are_named(services, vcap):
         await Drain(services).run("shutdown")
 
 
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def test_cancel_kills_the_whole_process_group_after_the_grace(services, vcap, tmp_path, monkeypatch):
     """A script that ignores SIGTERM and has a child: both are gone once the grace period is over."""
     monkeypatch.setattr("agent.action.drain.CANCEL_GRACE", 0.5)
@@ -160,6 +168,5 @@ async def test_cancel_kills_the_whole_process_group_after_the_grace(services, vc
     services.tasks.cancel(task.id)
     await wait_for(lambda: task.state != "running", timeout=10)
     assert (task.state, task.error) == ("failed", "task canceled")
-    for pid in (script, child):
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    # gone, or a zombie waiting for whoever adopted it to reap it (not every sandbox's init reaps at once)
+    await wait_for(lambda: not any(alive(pid) for pid in (script, child)), timeout=5)
