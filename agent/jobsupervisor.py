@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from .httpauth import basic_auth
+from boshlab.httpauth import basic_auth
 from .log import log
 from .paths import Paths
 

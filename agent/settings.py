@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
-from .httpauth import basic_auth
+from boshlab.httpauth import basic_auth
 from .log import log, ruby_inspect
 from .paths import Paths
 

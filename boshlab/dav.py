@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from .httpauth import basic_auth
+
 CHUNK = 1024 * 1024
 RETRY_ATTEMPTS = 3
 
@@ -91,9 +93,7 @@ class DavClient:
         return self._session
 
     def _auth(self) -> dict[str, str]:
-        if self.config.user:
-            return {"Authorization": aiohttp.BasicAuth(self.config.user, self.config.password or "").encode()}
-        return {}
+        return basic_auth(self.config.user, self.config.password or "") if self.config.user else {}
 
     async def _retry(self, what: str, blob_id: str, fn: Any) -> Any:
         last: Exception | None = None
