@@ -48,8 +48,25 @@ class Config:
     workshop: bool = True
     workshop_dir: str = "/opt/bosh-lab/workshop"
     workshop_blobs: str = "/opt/bosh-lab/blobs"
-    keep_vms_on_stop: bool = False
+    keep_vms_on_stop: bool = True             # VMs outlive a director restart; the reaper service deletes them on `down`
+    agent_timeout: float = 0.0                # seconds without a heartbeat before "unresponsive agent" (0: default)
+    resurrection: bool = False                # default for deployments without their own setting
+    health_interval: float = 0.0              # how often the health monitor looks (0: from agent_timeout)
+    meltdown_percent: float = 50.0            # no resurrection when more than this share of a deployment is down...
+    meltdown_minimum: int = 5                 # ...and at least this many instances are
+    max_threads: int = 16                     # VMs created at once; threads for Docker calls (BOSH: max_threads)
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.agent_timeout == 0.0:
+            # BOSH: 60 s with 30 s heartbeats. Never less than 2.5 heartbeats, so one late heartbeat cannot flap.
+            object.__setattr__(self, "agent_timeout", max(60.0, 2.5 * self.heartbeat_interval))
+        if self.agent_timeout <= 2 * self.heartbeat_interval:
+            raise SystemExit(f"director: BOSH_LAB_AGENT_TIMEOUT={self.agent_timeout:g} must be above two heartbeat "
+                             f"intervals (BOSH_LAB_HEARTBEAT_INTERVAL={self.heartbeat_interval:g}), or agents would flap "
+                             f"between running and unresponsive")
+        if self.health_interval == 0.0:
+            object.__setattr__(self, "health_interval", min(5.0, max(0.5, self.agent_timeout / 4)))
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -81,7 +98,12 @@ class Config:
             workshop=_env("BOSH_LAB_WORKSHOP", "1").lower() not in ("0", "false", "no", "off", ""),
             workshop_dir=_env("BOSH_LAB_WORKSHOP_DIR", d.workshop_dir),
             workshop_blobs=_env("BOSH_LAB_WORKSHOP_BLOBS", d.workshop_blobs),
-            keep_vms_on_stop=_env("BOSH_LAB_KEEP_VMS_ON_STOP", "0").lower() in ("1", "true", "yes", "on"),
+            keep_vms_on_stop=_env("BOSH_LAB_KEEP_VMS_ON_STOP", "1").lower() in ("1", "true", "yes", "on"),
+            agent_timeout=_float("BOSH_LAB_AGENT_TIMEOUT", 0.0),
+            resurrection=_env("BOSH_LAB_RESURRECTION", "0").lower() in ("1", "true", "yes", "on"),
+            health_interval=_float("BOSH_LAB_HEALTH_INTERVAL", 0.0),
+            meltdown_percent=_float("BOSH_LAB_MELTDOWN_PERCENT", d.meltdown_percent),
+            max_threads=max(1, int(_float("BOSH_LAB_MAX_THREADS", d.max_threads))),
         )
 
     def registry_endpoint(self) -> str:

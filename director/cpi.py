@@ -7,27 +7,33 @@ director after a restart) find them all. User data goes into the container as
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import io
 import json
 import logging
 import socket
 import tarfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 
 log = logging.getLogger("director.cpi")
+T = TypeVar("T")
 
 LABEL_LAB = "io.bosh-lab.lab"
 LABEL_DEPLOYMENT = "io.bosh-lab.deployment"
 LABEL_INSTANCE = "io.bosh-lab.instance"
 LABEL_AGENT = "io.bosh-lab.agent-id"
 LABEL_ROLE = "io.bosh-lab.role"          # "instance" or "compilation"
+LABEL_RANGE = "io.bosh-lab.range"        # on networks the director made for a manual network's subnet
 USER_DATA_PATH = "/var/vcap/bosh/user_data.json"
+DISK_MOUNT_DIR = "/var/vcap/store_disks"    # where a VM sees its persistent disks (agent/disks.py)
 
 
 class CPIError(Exception):
@@ -41,6 +47,7 @@ class VMInfo:
     ip: str
     prefix_len: int
     gateway: str
+    addresses: dict[str, str] | None = None   # Docker network -> IPv4 address
 
 
 @dataclass
@@ -63,11 +70,17 @@ def _user_data_tar(data: dict[str, Any]) -> bytes:
 
 
 class DockerCPI:
-    def __init__(self, image: str, lab: str = "", network: str = "") -> None:
+    def __init__(self, image: str, lab: str = "", network: str = "", threads: int = 16) -> None:
         self.image = image
         self.lab = lab
         self.network = network
         self._client: docker.DockerClient | None = None
+        # Docker calls get threads of their own: a burst of create_vm (seconds each) must never hold up the
+        # database and the registry the new agents are asking for their settings.
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cpi")
+
+    def _thread(self, fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
@@ -102,7 +115,7 @@ class DockerCPI:
             self.network = nets[0]
 
     async def setup(self) -> None:
-        await asyncio.to_thread(self._discover)
+        await self._thread(self._discover)
         log.info("Docker CPI: lab %r, network %r, stemcell image %r", self.lab, self.network, self.image)
 
     async def stemcell(self) -> dict[str, str]:
@@ -116,23 +129,34 @@ class DockerCPI:
             return {"name": labels.get("io.bosh-lab.stemcell.name", "bosh-stemcell"),
                     "version": labels.get("io.bosh-lab.stemcell.version", img.short_id.split(":")[-1]),
                     "image_id": str(img.id)}
-        return await asyncio.to_thread(go)
+        return await self._thread(go)
 
     # --- VMs -----------------------------------------------------------------------------------------
 
-    async def create_vm(self, agent_id: str, name: str, user_data: dict[str, Any], labels: dict[str, str]) -> VMInfo:
+    async def create_vm(self, agent_id: str, name: str, user_data: dict[str, Any], labels: dict[str, str],
+                        static: dict[str, str] | None = None, disks: list[str] | None = None) -> VMInfo:
+        """A container on the lab's network (where NATS, the blobstore and the registry are), plus, for each
+        ``static`` entry, on that Docker network with that IPv4 address (manual networks). Each of ``disks``
+        (persistent disks: Docker volumes named by their cid) is mounted at ``/var/vcap/store_disks/<cid>``:
+        Docker cannot add a mount to a running container, so attaching a disk means (re)creating the VM with
+        it (director/disks.py). ``SYS_ADMIN`` (and no AppArmor profile) lets the agent bind-mount a disk at
+        ``/var/vcap/store`` inside the VM (mount_disk)."""
         def go() -> VMInfo:
             cli = self._docker()
-            all_labels = {LABEL_LAB: self.lab, LABEL_AGENT: agent_id, **labels}
+            all_labels = {**self._unset_compose_labels(), LABEL_LAB: self.lab, LABEL_AGENT: agent_id, **labels}
             try:
                 c: Container = cli.containers.create(
                     self.image, name=name, hostname=agent_id[:12], labels=all_labels, detach=True,
-                    network=self.network, init=True, tty=False)
+                    network=self.network, init=True, tty=False, cap_add=["SYS_ADMIN"],
+                    security_opt=["apparmor=unconfined"],
+                    volumes={cid: {"bind": f"{DISK_MOUNT_DIR}/{cid}", "mode": "rw"} for cid in disks or []})
             except docker.errors.ImageNotFound:
                 raise CPIError(f"stemcell image {self.image} does not exist: build it with `docker compose build`") from None
             except docker.errors.APIError as e:
                 raise CPIError(f"create_vm {name}: {e.explanation or e}") from None
             try:
+                for net_name, ip in (static or {}).items():
+                    cli.networks.get(net_name).connect(c, ipv4_address=ip)
                 ud = dict(user_data, instance_id=c.id)
                 c.put_archive("/var/vcap/bosh", _user_data_tar(ud))
                 c.start()
@@ -140,10 +164,103 @@ class DockerCPI:
             except docker.errors.APIError as e:
                 c.remove(force=True)
                 raise CPIError(f"starting VM {name}: {e.explanation or e}") from None
-            net = (c.attrs["NetworkSettings"]["Networks"] or {}).get(self.network) or {}
+            nets = c.attrs["NetworkSettings"]["Networks"] or {}
+            net = nets.get(self.network) or {}
+            addresses = {k: str(v.get("IPAddress", "")) for k, v in nets.items()}
             return VMInfo(str(c.id), name, net.get("IPAddress", ""), int(net.get("IPPrefixLen") or 0),
-                          net.get("Gateway", ""))
-        return await asyncio.to_thread(go)
+                          net.get("Gateway", ""), addresses)
+        made = self._thread(go)
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            # The task was cancelled while Docker made the container: wait for it, then delete it (no orphan).
+            try:
+                vm = await made
+            except CPIError:
+                raise asyncio.CancelledError() from None
+            await self.delete_vm(vm.cid)
+            raise
+
+    def _unset_compose_labels(self) -> dict[str, str]:
+        """Compose stamps the images it builds with ``com.docker.compose.project/service`` of the project that
+        built them; containers inherit image labels, so a VM would look like a ``stemcell`` container of that
+        (maybe another) project to ``docker compose``. Blank them: VMs belong to the director, not to compose."""
+        try:
+            img = self._docker().images.get(self.image)
+        except docker.errors.DockerException:
+            return {}
+        return {k: "" for k in (img.labels or {}) if k.startswith("com.docker.compose.")}
+
+    async def ensure_network(self, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address) -> str:
+        """The Docker network for a manual network's subnet: this lab's, made now if need be. A range that
+        overlaps any other Docker network is refused, naming that network."""
+        name = f"{self.lab}-net-{subnet.network_address}-{subnet.prefixlen}"
+
+        def go() -> str:
+            cli = self._docker()
+            for n in cli.networks.list():
+                cfg = ((n.attrs.get("IPAM") or {}).get("Config") or [])
+                for c in cfg:
+                    try:
+                        other = ipaddress.ip_network(str(c.get("Subnet")), strict=False)
+                    except ValueError:
+                        continue
+                    if not isinstance(other, ipaddress.IPv4Network) or not other.overlaps(subnet):
+                        continue
+                    labels = n.attrs.get("Labels") or {}
+                    if n.name == name and labels.get(LABEL_LAB) == self.lab and other == subnet:
+                        gw = c.get("Gateway")
+                        if gw and gw != str(gateway):
+                            raise CPIError(f"Docker network {name} has gateway {gw}, the manifest says {gateway}: "
+                                           f"delete the deployments on {subnet} first")
+                        return name
+                    raise CPIError(f"network range {subnet} overlaps Docker network '{n.name}' ({other}); "
+                                   f"choose a range no Docker network uses (see `docker network inspect`)")
+            try:
+                cli.networks.create(name, driver="bridge", labels={LABEL_LAB: self.lab, LABEL_RANGE: str(subnet)},
+                                    ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+                                        subnet=str(subnet), gateway=str(gateway))]))
+            except docker.errors.APIError as e:
+                raise CPIError(f"creating Docker network {name} for {subnet}: {e.explanation or e}") from None
+            log.info("created Docker network %s for %s (gateway %s)", name, subnet, gateway)
+            return name
+        return await self._thread(go)
+
+    async def remove_unused_networks(self) -> list[str]:
+        """Delete this lab's manual-network Docker networks that no container uses any more."""
+        def go() -> list[str]:
+            gone = []
+            for n in self._docker().networks.list(filters={"label": f"{LABEL_LAB}={self.lab}"}):
+                n.reload()
+                if not n.attrs.get("Containers"):
+                    try:
+                        n.remove()
+                        gone.append(str(n.name))
+                    except docker.errors.APIError as e:
+                        log.warning("could not remove network %s: %s", n.name, e)
+            return gone
+        return await self._thread(go)
+
+    async def delete_volumes(self, deployment: str) -> list[str]:
+        """Delete the Docker volumes labelled for a deployment (persistent disks)."""
+        def go() -> list[str]:
+            gone = []
+            for v in self._docker().volumes.list(filters={"label": [f"{LABEL_LAB}={self.lab}",
+                                                                   f"{LABEL_DEPLOYMENT}={deployment}"]}):
+                v.remove(force=True)
+                gone.append(str(v.name))
+            return gone
+        return await self._thread(go)
+
+    async def reboot_vm(self, cid: str) -> None:
+        def go() -> None:
+            try:
+                self._docker().containers.get(cid).restart(timeout=10)
+            except docker.errors.NotFound:
+                raise CPIError(f"VM {cid[:12]} does not exist") from None
+            except docker.errors.APIError as e:
+                raise CPIError(f"rebooting VM {cid[:12]}: {e.explanation or e}") from None
+        await self._thread(go)
 
     async def delete_vm(self, cid: str) -> None:
         def go() -> None:
@@ -151,7 +268,7 @@ class DockerCPI:
                 self._docker().containers.get(cid).remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass
-        await asyncio.to_thread(go)
+        await self._thread(go)
 
     async def vm_status(self, cid: str, tail: int = 20) -> VMStatus:
         def go() -> VMStatus:
@@ -164,24 +281,27 @@ class DockerCPI:
             if not state.get("Running"):
                 logs = c.logs(tail=tail).decode(errors="replace")
             return VMStatus(True, bool(state.get("Running")), state.get("ExitCode"), str(state.get("Status")), logs)
-        return await asyncio.to_thread(go)
+        return await self._thread(go)
 
     async def exec_in(self, cid: str, cmd: list[str]) -> tuple[int, str]:
         def go() -> tuple[int, str]:
             r = self._docker().containers.get(cid).exec_run(cmd)
             return int(r.exit_code or 0), r.output.decode(errors="replace")
-        return await asyncio.to_thread(go)
+        return await self._thread(go)
 
     async def list_vms(self) -> list[dict[str, str]]:
         """Every container of this lab: cid, name, labels, status."""
         def go() -> list[dict[str, str]]:
             out = []
             for c in self._docker().containers.list(all=True, filters={"label": f"{LABEL_LAB}={self.lab}"}):
+                if (c.labels or {}).get(LABEL_ROLE) not in ("instance", "compilation"):
+                    continue   # not a VM (e.g. a container a test made with the lab's label)
                 out.append({"cid": str(c.id), "name": str(c.name), "status": str(c.status), **(c.labels or {})})
             return out
-        return await asyncio.to_thread(go)
+        return await self._thread(go)
 
     async def close(self) -> None:
         if self._client is not None:
-            await asyncio.to_thread(self._client.close)
+            await self._thread(self._client.close)
             self._client = None
+        self._pool.shutdown(wait=False)

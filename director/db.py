@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,7 +44,20 @@ CREATE TABLE IF NOT EXISTS tasks (
   deployment TEXT, result TEXT, started_at REAL NOT NULL, ended_at REAL, user TEXT NOT NULL DEFAULT 'admin');
 CREATE TABLE IF NOT EXISTS registry (
   instance_id TEXT PRIMARY KEY, settings TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resurrection (
+  deployment TEXT PRIMARY KEY, enabled INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS disks (
+  cid TEXT PRIMARY KEY, deployment TEXT NOT NULL, instance_id TEXT, instance TEXT NOT NULL DEFAULT '',
+  size INTEGER NOT NULL, orphaned INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, orphaned_at REAL);
 """
+
+# Columns added after the first schema: a volume kept from an older lab gets them on open.
+MIGRATIONS = [
+    ("instances", "networks", "TEXT"),                      # {"<manifest network>": "<ip>"}
+    ("instances", "dirty", "INTEGER NOT NULL DEFAULT 0"),   # an update started and did not finish
+    ("instances", "vm_created_at", "REAL"),
+    ("deployments", "releases", "TEXT NOT NULL DEFAULT '{}'"),  # {"<release>": "<resolved version>"}
+]
 
 
 class Database:
@@ -51,6 +65,11 @@ class Database:
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        # One thread of its own: queries never wait behind other blocking work (Docker calls, file I/O).
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+    def _thread(self, fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
         def go() -> None:
@@ -61,13 +80,17 @@ class Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
+            for table, column, decl in MIGRATIONS:
+                have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             self._conn = conn
-        await asyncio.to_thread(go)
+        await self._thread(go)
 
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+            await self._thread(conn.close)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         assert self._conn is not None, "database is not open"
@@ -75,7 +98,7 @@ class Database:
             return fn(self._conn)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._call, fn)
+        return await self._thread(self._call, fn)
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         def go(c: sqlite3.Connection) -> int:

@@ -4,6 +4,7 @@ Accepts today's shape (``instance_groups`` with ``jobs``, top-level ``stemcells`
 2013 shape the deck shows (``jobs`` with ``template``/``templates``, ``resource_pools``)."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,76 @@ class UpdateConfig:
 
 
 @dataclass
+class Subnet:
+    """A manual network's subnet, as in a 2013 manifest (today's cloud-config): the director makes a Docker
+    network with exactly this range and gives each VM an address from it."""
+    range: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    dns: list[str] = field(default_factory=list)
+    reserved: set[ipaddress.IPv4Address] = field(default_factory=set)
+    static: set[ipaddress.IPv4Address] = field(default_factory=set)
+
+    def dynamic_pool(self) -> list[ipaddress.IPv4Address]:
+        """Addresses for instances without a static IP: the range minus network, broadcast, gateway,
+        reserved and static addresses, lowest first."""
+        taken = self.reserved | self.static | {self.gateway}
+        return [a for a in self.range.hosts() if a not in taken]
+
+
+MAX_RANGE_ADDRESSES = 65536
+
+
+def parse_ip_ranges(raw: Any, net: ipaddress.IPv4Network, what: str) -> set[ipaddress.IPv4Address]:
+    """``["10.0.0.2 - 10.0.0.9", "10.0.0.20"]`` (or one such string) -> the addresses, each inside ``net``."""
+    items = raw if isinstance(raw, list) else [raw] if raw is not None else []
+    out: set[ipaddress.IPv4Address] = set()
+    for item in items:
+        text = str(item)
+        lo_s, _, hi_s = text.partition("-")
+        try:
+            lo = ipaddress.IPv4Address(lo_s.strip())
+            hi = ipaddress.IPv4Address(hi_s.strip()) if hi_s else lo
+        except ValueError:
+            raise ManifestError(f"{what}: {text!r} is not an IPv4 address or 'first - last' range") from None
+        if hi < lo:
+            raise ManifestError(f"{what}: range {text!r} ends before it starts")
+        if lo not in net or hi not in net:
+            raise ManifestError(f"{what}: {text!r} is outside the subnet range {net}")
+        if int(hi) - int(lo) >= MAX_RANGE_ADDRESSES:
+            raise ManifestError(f"{what}: {text!r} is too large")
+        out.update(ipaddress.IPv4Address(i) for i in range(int(lo), int(hi) + 1))
+    return out
+
+
+def parse_subnet(raw: Any, where: str) -> Subnet:
+    d = _mapping(raw, where)
+    try:
+        net = ipaddress.IPv4Network(str(d.get("range")), strict=True)
+    except ValueError as e:
+        raise ManifestError(f"{where}.range must be an IPv4 network like 10.244.0.0/24: {e}") from None
+    if net.prefixlen > 29:
+        raise ManifestError(f"{where}.range {net} is too small (at most /29)")
+    if "gateway" in d:
+        try:
+            gw = ipaddress.IPv4Address(str(d["gateway"]))
+        except ValueError:
+            raise ManifestError(f"{where}.gateway {d['gateway']!r} is not an IPv4 address") from None
+    else:
+        gw = net.network_address + 1
+    if gw not in net or gw in (net.network_address, net.broadcast_address):
+        raise ManifestError(f"{where}.gateway {gw} is not a host address of {net}")
+    reserved = parse_ip_ranges(d.get("reserved"), net, f"{where}.reserved")
+    static = parse_ip_ranges(d.get("static"), net, f"{where}.static")
+    both = reserved & static
+    if both:
+        raise ManifestError(f"{where}: {min(both)} is both reserved and static")
+    if gw in static:
+        raise ManifestError(f"{where}: the gateway {gw} cannot be a static IP")
+    dns = [str(x) for x in _list(d.get("dns"), f"{where}.dns")]
+    return Subnet(net, gw, dns, reserved, static)
+
+
+@dataclass
 class JobRef:
     name: str
     release: str
@@ -74,6 +145,7 @@ class InstanceGroup:
     cloud_properties: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
     update: UpdateConfig | None = None
+    static_ips: dict[str, list[str]] = field(default_factory=dict)   # network -> one IP per instance
 
 
 @dataclass
@@ -164,9 +236,17 @@ def parse_manifest(text: str) -> Manifest:
         ntype = n.get("type", "dynamic")
         if ntype not in ("dynamic", "manual"):
             raise ManifestError(f"network '{nname}': type must be dynamic or manual, got {ntype!r}")
-        networks[nname] = {"type": ntype, "cloud_properties": _mapping(n.get("cloud_properties"), f"network '{nname}' cloud_properties")}
+        subnets = [parse_subnet(sn, f"network '{nname}' subnets[{k}]")
+                   for k, sn in enumerate(_list(n.get("subnets"), f"network '{nname}' subnets"))]
+        if subnets and ntype != "manual":
+            raise ManifestError(f"network '{nname}': only manual networks have subnets")
+        if len(subnets) > 1:
+            raise ManifestError(f"network '{nname}': bosh-lab supports one subnet per manual network "
+                                f"(it becomes one Docker network)")
+        networks[nname] = {"type": ntype, "cloud_properties": _mapping(n.get("cloud_properties"), f"network '{nname}' cloud_properties"),
+                           "subnet": subnets[0] if subnets else None}
     if not networks:
-        networks["default"] = {"type": "dynamic", "cloud_properties": {}}
+        networks["default"] = {"type": "dynamic", "cloud_properties": {}, "subnet": None}
     compilation = _mapping(doc.get("compilation"), "compilation")
     workers = compilation.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -210,11 +290,29 @@ def parse_manifest(text: str) -> Manifest:
                 raise ManifestError(f"instance group '{gname}' job '{jref.name}' uses release '{jref.release}', "
                                     f"which the manifest's releases do not list")
         nets = []
+        static_ips: dict[str, list[str]] = {}
         for n in _list(g.get("networks") or [{"name": next(iter(networks))}], f"instance group '{gname}' networks"):
             nn = n.get("name") if isinstance(n, dict) else n
             if nn not in networks:
                 raise ManifestError(f"instance group '{gname}' uses network {nn!r}, which the manifest does not define")
+            if nn in nets:
+                raise ManifestError(f"instance group '{gname}' lists network '{nn}' twice")
             nets.append(str(nn))
+            raw_ips = n.get("static_ips") if isinstance(n, dict) else None
+            if raw_ips is not None:
+                subnet = networks[nn]["subnet"]
+                if subnet is None:
+                    raise ManifestError(f"instance group '{gname}' has static_ips on network '{nn}', which is not a "
+                                        f"manual network with a subnet")
+                ips = sorted(parse_ip_ranges(raw_ips, subnet.range, f"instance group '{gname}' network '{nn}' static_ips"))
+                if len(ips) != instances:
+                    raise ManifestError(f"instance group '{gname}' has {instances} instance(s) but {len(ips)} static IP(s) "
+                                        f"on network '{nn}'")
+                outside = [str(ip) for ip in ips if ip not in subnet.static]
+                if outside:
+                    raise ManifestError(f"instance group '{gname}' static IP(s) {', '.join(outside)} are not in the "
+                                        f"static ranges of network '{nn}'")
+                static_ips[nn] = [str(ip) for ip in ips]
         disk = g.get("persistent_disk", 0)
         if not isinstance(disk, int) or isinstance(disk, bool) or disk < 0:
             raise ManifestError(f"instance group '{gname}': persistent_disk must be MB >= 0, got {disk!r}")
@@ -222,8 +320,17 @@ def parse_manifest(text: str) -> Manifest:
             gname, instances, jobs, nets, disk, str(g.get("vm_type") or g.get("resource_pool") or "default"),
             _mapping(g.get("cloud_properties"), f"instance group '{gname}' cloud_properties"),
             _mapping(g.get("properties"), f"instance group '{gname}' properties"),
-            parse_update(g["update"], update, f"instance group '{gname}' update") if "update" in g else None))
+            parse_update(g["update"], update, f"instance group '{gname}' update") if "update" in g else None,
+            static_ips))
     if not groups:
         raise ManifestError("manifest has no instance_groups")
+    used: dict[tuple[str, str], str] = {}
+    for grp in groups:
+        for nn, given in grp.static_ips.items():
+            for text in given:
+                if (nn, text) in used:
+                    raise ManifestError(f"static IP {text} on network '{nn}' is given to both instance group "
+                                        f"'{used[(nn, text)]}' and '{grp.name}'")
+                used[(nn, text)] = grp.name
     return Manifest(name, releases, groups, update, networks, _mapping(doc.get("properties"), "properties"),
                     workers, doc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ log = logging.getLogger("director.nats")
 
 DebugSink = Callable[[str], None]
 RETRIES = {"get_state": 2, "get_task": 4}
+CANCELLABLE = ("drain", "run_errand")   # the agent can cancel these (cancel_task)
 
 
 class RpcTimeout(Exception):
@@ -53,6 +55,14 @@ class NatsRpc:
         if self.nc is not None:
             await self.nc.drain()
             self.nc = None
+
+    @property
+    def redacted_url(self) -> str:
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.url)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
 
     async def _on_reply(self, msg: Msg) -> None:
         fut = self._pending.pop(wire.request_id_of(msg.subject), None)
@@ -104,14 +114,23 @@ class AgentClient:
                 retries -= 1
 
     async def send_message(self, method: str, *args: Any) -> Any:
-        """Send; if the agent answers with a running task, poll get_task until it is done."""
+        """Send; if the agent answers with a running task, poll get_task until it is done. When the director's
+        task is cancelled meanwhile, a cancellable agent task (drain) is cancelled too (``cancel_task``)."""
         value = await self.call(method, *args)
         task_id = wire.running_task_id(value)
-        while task_id is not None:
-            await asyncio.sleep(self.poll_interval)
-            value = await self.call("get_task", task_id)
-            if wire.running_task_id(value) is None:
-                return value
+        try:
+            while task_id is not None:
+                await asyncio.sleep(self.poll_interval)
+                value = await self.call("get_task", task_id)
+                if wire.running_task_id(value) is None:
+                    return value
+        except asyncio.CancelledError:
+            if task_id is not None and method in CANCELLABLE:
+                try:
+                    await self.call("cancel_task", task_id, timeout=5)
+                except (AgentError, RpcTimeout) as e:
+                    log.warning("cancel_task %s on %s: %s", task_id, self.agent_id, e)
+            raise
         return value
 
     async def ping(self, timeout: float = 1.0) -> bool:

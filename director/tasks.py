@@ -17,10 +17,25 @@ from .db import Database
 log = logging.getLogger("director.task")
 
 FINAL_STATES = ("done", "error", "cancelled")
+ACTIVE_STATES = ("queued", "processing", "cancelling")
+SHUTDOWN_REASON = "the director stopped while the task was running (restarted?); its deployment can be deployed again"
 
 
 class TaskFailed(Exception):
     """A task failure with a message meant for the user."""
+
+
+class DeploymentLocked(Exception):
+    """Another task is changing the deployment."""
+
+    def __init__(self, deployment: str, task_id: int, description: str) -> None:
+        self.deployment, self.task_id, self.description = deployment, task_id, description
+        super().__init__(f"Deployment '{deployment}' is locked by task {task_id} ('{description}'): wait for it to "
+                         f"finish, or cancel it with `bosh-lab cancel-task {task_id}`")
+
+
+class TaskNotRunning(Exception):
+    pass
 
 
 class Task:
@@ -31,6 +46,7 @@ class Task:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._event = open(self.dir / "event", "a", buffering=1)
         self._debug = open(self.dir / "debug", "a", buffering=1)
+        self.cancel_reason: str | None = None     # set when the task is cancelled (by a user, or at shutdown)
 
     def close(self) -> None:
         self._event.close()
@@ -65,8 +81,9 @@ class Task:
         try:
             yield
         except BaseException as e:
+            error = (self.cancel_reason or "cancelled") if isinstance(e, asyncio.CancelledError) else str(e) or type(e).__name__
             self.event(stage, task, index=index, total=total, state="failed", progress=100, tags=tags,
-                       data={"error": str(e) or type(e).__name__})
+                       data={"error": error})
             raise
         self.event(stage, task, index=index, total=total, state="finished", progress=100, tags=tags)
 
@@ -75,32 +92,81 @@ TaskBody = Callable[[Task], Awaitable[str]]
 
 
 class TaskRunner:
+    """Runs tasks as asyncio tasks. A task that changes a deployment holds that deployment's lock from the
+    moment it is created until it ends. Locks live in memory: a director that restarts has no running tasks
+    (``recover`` fails the ones the previous process left), so no lock can outlive its task."""
+
     def __init__(self, db: Database, data_dir: str) -> None:
         self.db = db
         self.dir = Path(data_dir) / "tasks"
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int, Task] = {}
+        self.locks: dict[str, tuple[int, str]] = {}     # deployment -> (task id, description)
 
-    async def recover(self) -> None:
-        """Tasks that were running when the director stopped can never finish: mark them failed."""
+    async def recover(self) -> list[int]:
+        """Tasks that were running when the director process died can never finish: mark them failed."""
+        rows = await self.db.all("SELECT id FROM tasks WHERE state IN ('queued', 'processing', 'cancelling')")
         await self.db.execute(
-            "UPDATE tasks SET state='error', ended_at=?, result=? WHERE state IN ('queued', 'processing')",
-            (time.time(), "director restarted while the task was running; deploy again"))
+            "UPDATE tasks SET state='error', ended_at=?, result=? WHERE state IN ('queued', 'processing', 'cancelling')",
+            (time.time(), SHUTDOWN_REASON))
+        for r in rows:
+            d = self.dir / str(r["id"])
+            if d.is_dir():
+                with open(d / "debug", "a") as f:
+                    f.write(f"director started again: task {r['id']} failed: {SHUTDOWN_REASON}\n")
+                (d / "result").write_text(SHUTDOWN_REASON + "\n")
+        return [int(r["id"]) for r in rows]
 
-    async def start(self, description: str, body: TaskBody, deployment: str | None = None) -> int:
-        task_id = await self.db.execute(
-            "INSERT INTO tasks (state, description, deployment, started_at) VALUES ('processing', ?, ?, ?)",
-            (description, deployment, time.time()))
+    def lock_holder(self, deployment: str) -> tuple[int, str] | None:
+        return self.locks.get(deployment)
+
+    async def start(self, description: str, body: TaskBody, deployment: str | None = None, lock: bool = False) -> int:
+        """Create and run a task. With ``lock``, the deployment's lock is taken now (DeploymentLocked if held)."""
+        if lock:
+            assert deployment is not None
+            holder = self.locks.get(deployment)
+            if holder is not None:
+                raise DeploymentLocked(deployment, holder[0], holder[1])
+            self.locks[deployment] = (0, description)   # taken before the first await: no two tasks get it
+        try:
+            task_id = await self.db.execute(
+                "INSERT INTO tasks (state, description, deployment, started_at) VALUES ('processing', ?, ?, ?)",
+                (description, deployment, time.time()))
+        except BaseException:
+            if lock and deployment is not None:
+                self.locks.pop(deployment, None)
+            raise
+        if lock and deployment is not None:
+            self.locks[deployment] = (task_id, description)
         task = Task(task_id, description, self.dir / str(task_id))
-        self._running[task_id] = asyncio.create_task(self._run(task, body), name=f"task-{task_id}")
+        self._tasks[task_id] = task
+        self._running[task_id] = asyncio.create_task(self._run(task, body, deployment if lock else None),
+                                                     name=f"task-{task_id}")
         return task_id
 
-    async def _run(self, task: Task, body: TaskBody) -> None:
+    async def cancel(self, task_id: int) -> str:
+        """Cancel a running task (its current step is interrupted; the agent's drain is cancelled too)."""
+        t, task = self._running.get(task_id), self._tasks.get(task_id)
+        if t is None or task is None:
+            row = await self.get(task_id)
+            raise TaskNotRunning(f"Task {task_id} is not running" + (f" (state {row['state']})" if row else ""))
+        if task.cancel_reason is None:
+            task.cancel_reason = "cancelled by the user"
+            task.info(f"Task {task_id} is being cancelled")
+            await self.db.execute("UPDATE tasks SET state='cancelling' WHERE id=?", (task_id,))
+            t.cancel()
+        return "cancelling"
+
+    async def _run(self, task: Task, body: TaskBody, locked: str | None = None) -> None:
         started = time.monotonic()
         state, result = "done", ""
         try:
             result = await body(task)
         except asyncio.CancelledError:
-            state, result = "cancelled", "task cancelled"
+            if task.cancel_reason == SHUTDOWN_REASON:
+                state, result = "error", SHUTDOWN_REASON
+            else:
+                state, result = "cancelled", f"Task {task.id} cancelled"
         except TaskFailed as e:
             state, result = "error", str(e)
         except Exception as e:  # a bug or an unexpected failure: still end the task with its reason
@@ -113,6 +179,9 @@ class TaskRunner:
             await self.db.execute("UPDATE tasks SET state=?, result=?, ended_at=? WHERE id=?",
                                   (state, result, time.time(), task.id))
             self._running.pop(task.id, None)
+            self._tasks.pop(task.id, None)
+            if locked is not None and self.locks.get(locked, (None,))[0] == task.id:
+                del self.locks[locked]
 
     async def wait(self, task_id: int) -> dict[str, Any]:
         t = self._running.get(task_id)
@@ -123,8 +192,15 @@ class TaskRunner:
     async def get(self, task_id: int) -> dict[str, Any] | None:
         return await self.db.one("SELECT * FROM tasks WHERE id=?", (task_id,))
 
+    def running_ids(self) -> list[int]:
+        return list(self._running)
+
     async def cancel_all(self) -> None:
-        for t in list(self._running.values()):
+        """At shutdown: every running task ends as failed, saying the director stopped."""
+        for task_id, t in list(self._running.items()):
+            task = self._tasks.get(task_id)
+            if task is not None:
+                task.cancel_reason = SHUTDOWN_REASON
             t.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)

@@ -3,6 +3,7 @@ Afterwards, deploy again every deployment whose VMs are gone (after `docker comp
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from boshlab.release import ReleaseError, create_release
 
 from .app import Director
+from .tasks import DeploymentLocked
 
 log = logging.getLogger("director.workshop")
 
@@ -31,12 +33,17 @@ async def run_workshop(d: Director) -> None:
     log.info("workshop: task %d %s: %s", task, row.get("state"), row.get("result"))
     if row.get("state") != "done":
         return
-    if await d.db.one("SELECT 1 FROM deployments WHERE name='redis-solo'") and "redis-solo" not in await d.deployments_missing_vms():
+    if await d.db.one("SELECT 1 FROM deployments WHERE name='redis-solo'"):
+        # Deployed before: keep the user's manifest (redeploy_missing brings back VMs that are gone).
         log.info("workshop: redis-solo is deployed already")
         return
     manifest = (root / "manifests" / "redis-solo.yml").read_text()
     log.info("workshop: deploying redis-solo")
-    task = await d.deploy_task(manifest, "redis-solo")
+    try:
+        task = await d.deploy_task(manifest, "redis-solo")
+    except DeploymentLocked as e:
+        log.info("workshop: %s", e)
+        return
     row = await d.tasks.wait(task)
     log.info("workshop: task %d %s: %s", task, row.get("state"), row.get("result"))
 
@@ -44,11 +51,15 @@ async def run_workshop(d: Director) -> None:
 async def redeploy_missing(d: Director) -> None:
     """`up` after `down`: VMs were deleted; deploy each such deployment again from its stored manifest."""
     for name in await d.deployments_missing_vms():
-        row = await d.db.one("SELECT manifest FROM deployments WHERE name=?", (name,))
+        row = await d.db.one("SELECT manifest, releases FROM deployments WHERE name=?", (name,))
         if row is None:
             continue
         log.info("reconcile: deployment %s has instances without VMs: deploying it again", name)
-        task = await d.deploy_task(row["manifest"], name)
+        try:
+            task = await d.deploy_task(row["manifest"], name, pinned=json.loads(row["releases"] or "{}"))
+        except DeploymentLocked as e:
+            log.info("reconcile: %s", e)
+            continue
         result = await d.tasks.wait(task)
         log.info("reconcile: task %d %s: %s", task, result.get("state"), result.get("result"))
 
