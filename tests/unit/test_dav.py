@@ -19,43 +19,26 @@ def test_blob_path_is_sha1_prefix_of_the_id():
 
 
 @pytest.fixture
-async def dav(aiohttp_server_factory):
-    return await aiohttp_server_factory()
+async def dav(http_server):
+    """A small DAV fake (BOSH's verbs and status codes) on a loopback port: (endpoint, store, requests seen)."""
+    store: dict[str, bytes] = {}
+    seen: list[tuple[str, str, str | None]] = []
 
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, request.headers.get("Authorization")))
+        if request.headers.get("Authorization") is None:
+            return web.Response(status=401)
+        if request.method == "PUT":
+            store[request.path] = await request.read()
+            return web.Response(status=201)
+        if request.path not in store:
+            return web.Response(status=404)
+        if request.method == "DELETE":
+            del store[request.path]
+            return web.Response(status=204)
+        return web.Response(body=store[request.path] if request.method == "GET" else b"")
 
-@pytest.fixture
-def aiohttp_server_factory():
-    runners = []
-
-    async def make():
-        store: dict[str, bytes] = {}
-        seen: list[tuple[str, str, str | None]] = []
-
-        async def handler(request: web.Request) -> web.Response:
-            seen.append((request.method, request.path, request.headers.get("Authorization")))
-            if request.headers.get("Authorization") is None:
-                return web.Response(status=401)
-            if request.method == "PUT":
-                store[request.path] = await request.read()
-                return web.Response(status=201)
-            if request.path not in store:
-                return web.Response(status=404)
-            if request.method == "DELETE":
-                del store[request.path]
-                return web.Response(status=204)
-            return web.Response(body=store[request.path] if request.method == "GET" else b"")
-
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}", store, seen
-
-    yield make
+    return await http_server(handler), store, seen
 
 
 async def test_put_get_exists_delete(dav, tmp_path):

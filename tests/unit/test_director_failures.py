@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,12 +23,7 @@ from director.deployer import Deployer
 from director.diagnose import diagnose_agent_log
 from director.nats_rpc import RpcTimeout
 from director.tasks import Task, TaskFailed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.unit.conftest import NatsServer, free_port
 
 
 @pytest.fixture
@@ -42,25 +34,8 @@ def agent_log():
 
 
 @pytest.fixture
-def nats_port(tmp_path: Path):
-    exe = shutil.which("nats-server") or next((p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server")
-                                               if Path(p).exists()), None)
-    if exe is None:
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
-    port = free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f'listen: 127.0.0.1:{port}\nauthorization {{ user: "nats", password: "nats" }}\n')
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(5)
+def nats_port(nats_server: NatsServer) -> int:
+    return nats_server.port
 
 
 async def connect_for(mbus: MBus, seconds: float) -> None:
