@@ -37,15 +37,19 @@ async def run_workshop(d: Director) -> None:
         # Deployed before: keep the user's manifest (redeploy_missing brings back VMs that are gone).
         log.info("workshop: redis-solo is deployed already")
         return
-    manifest = (root / "manifests" / "redis-solo.yml").read_text()
     log.info("workshop: deploying redis-solo")
+    await deploy_and_wait(d, "workshop", (root / "manifests" / "redis-solo.yml").read_text(), "redis-solo")
+
+
+async def deploy_and_wait(d: Director, who: str, manifest: str, name: str, pinned: dict[str, str] | None = None) -> None:
+    """Start a deploy task and log how it ended (a deploy already running for ``name`` is left alone)."""
     try:
-        task = await d.deploy_task(manifest, "redis-solo")
+        task = await d.deploy_task(manifest, name, pinned=pinned)
     except DeploymentLocked as e:
-        log.info("workshop: %s", e)
+        log.info("%s: %s", who, e)
         return
     row = await d.tasks.wait(task)
-    log.info("workshop: task %d %s: %s", task, row.get("state"), row.get("result"))
+    log.info("%s: task %d %s: %s", who, task, row.get("state"), row.get("result"))
 
 
 async def redeploy_missing(d: Director) -> None:
@@ -55,13 +59,7 @@ async def redeploy_missing(d: Director) -> None:
         if row is None:
             continue
         log.info("reconcile: deployment %s has instances without VMs: deploying it again", name)
-        try:
-            task = await d.deploy_task(row["manifest"], name, pinned=json.loads(row["releases"] or "{}"))
-        except DeploymentLocked as e:
-            log.info("reconcile: %s", e)
-            continue
-        result = await d.tasks.wait(task)
-        log.info("reconcile: task %d %s: %s", task, result.get("state"), result.get("result"))
+        await deploy_and_wait(d, "reconcile", row["manifest"], name, pinned=json.loads(row["releases"] or "{}"))
 
 
 async def after_start(d: Director) -> None:
