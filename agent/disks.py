@@ -30,12 +30,13 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from . import command
+from .command import STDERR_LIMIT
 from .log import log
 from .paths import Paths
 from .settings import SettingsError, SettingsService
 from .vitals import mount_points
 
-STDERR_LIMIT = 2000
 
 
 class DiskError(Exception):
@@ -60,17 +61,7 @@ class Mounter(ABC):
 
 async def run_command(*argv: str) -> str:
     """Run a command; its stdout, or DiskError naming the command, its exit code and its stderr."""
-    try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
-    except OSError as e:
-        raise DiskError(f"{argv[0]}: {e.strerror or e}") from None
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise DiskError(f"`{' '.join(argv)}` exited with {proc.returncode}: "
-                        f"{err.decode(errors='replace').strip()[-STDERR_LIMIT:]}")
-    return out.decode(errors="replace")
+    return await command.run_command(*argv, error=DiskError)
 
 
 class LinuxMounter(Mounter):

@@ -2,7 +2,6 @@
 The real one changes the VM; unit tests use a fake with the same interface."""
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 from abc import ABC, abstractmethod
@@ -10,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .command import run_command
+
 HOST_PUBLIC_KEYS = (Path("/etc/ssh/ssh_host_rsa_key.pub"), Path("/etc/ssh/ssh_host_ed25519_key.pub"),
                     Path("/etc/ssh/ssh_host_ecdsa_key.pub"))
-STDERR_LIMIT = 1000
 
 
 class UserError(Exception):
@@ -47,16 +47,7 @@ class UserAdmin(ABC):
 
 
 async def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> None:
-    try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE)
-    except OSError as e:
-        raise UserError(f"{argv[0]}: {e.strerror or e}") from None
-    _, err = await proc.communicate()
-    if proc.returncode not in ok:
-        raise UserError(f"`{' '.join(argv)}` exited with {proc.returncode}: "
-                        f"{err.decode(errors='replace').strip()[-STDERR_LIMIT:]}")
+    await run_command(*argv, error=UserError, ok=ok)
 
 
 def _entry(p: pwd.struct_passwd) -> UserEntry:
