@@ -17,10 +17,6 @@ def lookup(props: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def has(props: dict[str, Any], dotted: str) -> bool:
-    return lookup(props, dotted) is not _MISSING
-
-
 def get(props: dict[str, Any], dotted: str, default: Any = None) -> Any:
     v = lookup(props, dotted)
     return default if v is _MISSING else v

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import quote
 
 
@@ -55,7 +55,6 @@ class Config:
     meltdown_percent: float = 50.0            # no resurrection when more than this share of a deployment is down...
     meltdown_minimum: int = 5                 # ...and at least this many instances are
     max_threads: int = 16                     # VMs created at once; threads for Docker calls (BOSH: max_threads)
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.agent_timeout == 0.0:

@@ -7,7 +7,6 @@ Long-running agent actions are polled with ``get_task`` until they leave the ``r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
@@ -138,8 +137,3 @@ class AgentClient:
             return bool(await self.rpc.request(self.agent_id, "ping", [], timeout, self.debug) == "pong")
         except RpcTimeout:
             return False
-
-
-def short(value: Any, limit: int = 300) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[:limit] + "..."
