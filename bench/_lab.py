@@ -1,18 +1,21 @@
-"""What the bench scripts share: a lab of their own (compose project), the director's API, and measurements
-from the host: a process's CPU time (/proc/<pid>/stat) and a container's memory (cgroup v1 or v2)."""
+"""What the bench scripts share: a lab of their own (compose project), the director's API (cli/client.py),
+and measurements from the host: a process's CPU time (/proc/<pid>/stat) and a container's memory (cgroup v1
+or v2)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+import sys
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cli.client import SyncDirectorClient, TaskStillRunning  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -23,6 +26,20 @@ class BenchLab:
                         BOSH_LAB_NATS_PUBLISH="127.0.0.1:", BOSH_LAB_BLOBSTORE_PUBLISH="127.0.0.1:",
                         BOSH_LAB_WORKSHOP="0", **env)
         self.api = ""
+        self._client: SyncDirectorClient | None = None
+
+    @property
+    def director(self) -> SyncDirectorClient:
+        """The director's API at ``self.api`` (a new client when it changed)."""
+        if self._client is None or self._client.url != self.api.rstrip("/"):
+            self.close()
+            self._client = SyncDirectorClient(self.api, "admin", "admin", timeout=120)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def compose(self, *args: str, timeout: float = 3600) -> str:
         p = subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=ROOT, env=self.env, text=True,
@@ -39,26 +56,23 @@ class BenchLab:
         return self.compose("port", service, str(port)).strip().rsplit(":", 1)[1]
 
     def down(self) -> float:
+        self.close()
         t = time.monotonic()
         self.compose("down", "-v", "--remove-orphans", "--timeout", "120")
         return time.monotonic() - t
 
     def request(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json") -> Any:
-        req = urllib.request.Request(self.api + path, data=body, method=method)
-        req.add_header("Authorization", "Basic " + b64encode(b"admin:admin").decode())
-        if body is not None:
-            req.add_header("Content-Type", ctype)
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return json.loads(r.read())
+        """The director's JSON answer; an error answer raises cli.client.DirectorError."""
+        return self.director.send(method, path, body, content_type=ctype if body is not None else None)
+
+    def task_output(self, task_id: int, kind: str = "event") -> str:
+        return self.director.task_output(task_id, kind).text
 
     def wait_task(self, task_id: int, timeout: float = 3600) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            t: dict[str, Any] = self.request("GET", f"/tasks/{task_id}")
-            if t["state"] not in ("queued", "processing", "cancelling"):
-                return t
-            time.sleep(0.2)
-        raise SystemExit(f"task {task_id} still running after {timeout}s")
+        try:
+            return self.director.wait_task(task_id, timeout=timeout, interval=0.2)
+        except TaskStillRunning as e:
+            raise SystemExit(str(e)) from None
 
     def task_ok(self, task: dict[str, Any]) -> dict[str, Any]:
         t = self.wait_task(int(task["id"]))

@@ -25,17 +25,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._lab import BenchLab, container_memory, dummy_manifest, main_process_cpu  # noqa: E402
+from bench._lab import BenchLab, container_memory, dummy_manifest, main_process_cpu
 
 
 def stage_span(lab: BenchLab, task_id: int, stage: str) -> float:
-    req = lab.api + f"/tasks/{task_id}/output?type=event"
-    import urllib.request
-    from base64 import b64encode
-    r = urllib.request.Request(req)
-    r.add_header("Authorization", "Basic " + b64encode(b"admin:admin").decode())
-    with urllib.request.urlopen(r) as resp:
-        evs = [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
+    evs = [json.loads(line) for line in lab.task_output(task_id, "event").splitlines() if line.strip()]
     times = [e["time"] for e in evs if e["stage"] == stage]
     return float(max(times) - min(times)) if times else 0.0
 
@@ -111,6 +105,7 @@ def main() -> None:
             left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=io.bosh-lab.lab={a.project}"],
                                   capture_output=True, text=True).stdout.split()
             out["containers_left_after_down"] = len(left)
+        lab.close()
     print(json.dumps(out, indent=1))
 
 

@@ -20,15 +20,13 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
-from base64 import b64encode
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._lab import BenchLab  # noqa: E402
+from bench._lab import BenchLab
 
 STAMP = re.compile(r"^D, \[(\S+) #")
 
@@ -57,10 +55,7 @@ def vm_sh(cid: str, script: str) -> float:
 
 def debug_between(lab: BenchLab, task_id: int, start: str, end: str) -> float:
     """Seconds between the first debug line containing ``start`` and the last containing ``end``."""
-    req = urllib.request.Request(f"{lab.api}/tasks/{task_id}/output?type=debug")
-    req.add_header("Authorization", "Basic " + b64encode(b"admin:admin").decode())
-    with urllib.request.urlopen(req, timeout=60) as r:
-        text = r.read().decode(errors="replace")
+    text = lab.task_output(task_id, "debug")
     first = last = None
     for line in text.splitlines():
         m = STAMP.match(line)
@@ -121,6 +116,7 @@ def main() -> int:
             lab.delete_deployment("bench-disks")
         except Exception as e:  # noqa: BLE001 - report, the numbers above still count
             print(f"deleting bench-disks: {e}", file=sys.stderr)
+        lab.close()
     print(json.dumps(out))
     return 0
 

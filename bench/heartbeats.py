@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._lab import BenchLab, main_process_cpu  # noqa: E402
+from bench._lab import BenchLab, main_process_cpu
 
 
 def payload(agent: int, deployment: str) -> bytes:
@@ -115,6 +115,7 @@ def main() -> None:
         if not a.keep:
             print("bench: lab down", file=sys.stderr)
             lab.down()
+        lab.close()
     print(json.dumps(results, indent=1))
 
 

@@ -11,12 +11,16 @@ import asyncio
 import json
 import statistics
 import subprocess
+import sys
 import time
-import urllib.request
 import uuid
-from base64 import b64encode
+from pathlib import Path
 
 import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cli.client import DirectorClient
 
 
 def compose_port(project: str, service: str, port: int) -> int:
@@ -25,12 +29,10 @@ def compose_port(project: str, service: str, port: int) -> int:
     return int(out.rsplit(":", 1)[1])
 
 
-def agent_id(api: str, deployment: str) -> str:
-    req = urllib.request.Request(f"{api}/deployments/{deployment}/instances")
-    req.add_header("Authorization", "Basic " + b64encode(b"admin:admin").decode())
-    with urllib.request.urlopen(req) as r:
-        rows = json.loads(r.read())
-    return next(r["agent_id"] for r in rows if r["agent_id"])
+async def agent_id(api: str, deployment: str) -> str:
+    async with DirectorClient(api) as d:
+        rows = await d.get_json(f"/deployments/{deployment}/instances")
+    return str(next(r["agent_id"] for r in rows if r["agent_id"]))
 
 
 async def main() -> None:
@@ -41,7 +43,7 @@ async def main() -> None:
     a = p.parse_args()
     nats_port = compose_port(a.project, "nats", 4222)
     api = f"http://127.0.0.1:{compose_port(a.project, 'director', 25555)}"
-    agent = agent_id(api, a.deployment)
+    agent = await agent_id(api, a.deployment)
     nc = await nats.connect(f"nats://nats:nats@127.0.0.1:{nats_port}")
     echo_subject = f"bench.echo.{uuid.uuid4()}"
 
@@ -51,13 +53,14 @@ async def main() -> None:
     inbox = f"director.{uuid.uuid4()}"
     sub = await nc.subscribe(inbox + ".>")
     base, agent_rtt = [], []
-    for i in range(a.rounds):
+    for _ in range(a.rounds):
         t = time.perf_counter()
         await nc.request(echo_subject, b'{"protocol":3,"method":"ping","arguments":[]}', timeout=5)
         base.append(time.perf_counter() - t)
         reply_to = f"{inbox}.{agent}.{uuid.uuid4()}"
         t = time.perf_counter()
-        await nc.publish(f"agent.{agent}", json.dumps({"protocol": 3, "method": "ping", "arguments": [], "reply_to": reply_to}).encode())
+        request = {"protocol": 3, "method": "ping", "arguments": [], "reply_to": reply_to}
+        await nc.publish(f"agent.{agent}", json.dumps(request).encode())
         msg = await sub.next_msg(timeout=5)
         agent_rtt.append(time.perf_counter() - t)
         assert json.loads(msg.data) == {"value": "pong"}

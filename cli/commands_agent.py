@@ -1,5 +1,5 @@
 """CLI verbs that reach one instance's VM: ``disks``, ``delete-disk``, ``logs``, ``ssh``, ``agent-message``.
-Registered by ``boshlab/cli.py`` (``add_parsers`` and ``COMMANDS``)."""
+Registered by ``cli/main.py`` (``add_parsers`` and ``COMMANDS``)."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import aclosing
 from pathlib import Path
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CLIError, Director, finish_task, out_json, start_task, table
+from .client import DirectorClient, DirectorClientError
+from .commands import Command
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CLIError, cli_error
+from .output import out_json, table
+from .tasks import start_task
 
 
 def instance_path(args: argparse.Namespace) -> str:
@@ -28,7 +32,7 @@ def instance_path(args: argparse.Namespace) -> str:
 
 # --- disks ---------------------------------------------------------------------------------------------
 
-async def cmd_disks(d: Director, args: argparse.Namespace) -> int:
+async def cmd_disks(d: DirectorClient, args: argparse.Namespace) -> int:
     params = {"orphaned": "true"} if args.orphaned else {}
     rows = await d.get_json("/disks", params=params)
     if args.json:
@@ -45,31 +49,30 @@ async def cmd_disks(d: Director, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_delete_disk(d: Director, args: argparse.Namespace) -> int:
+async def cmd_delete_disk(d: DirectorClient, args: argparse.Namespace) -> int:
     return await start_task(d, "DELETE", f"/disks/{args.cid}", args)
 
 
 # --- logs ----------------------------------------------------------------------------------------------
 
-async def cmd_logs(d: Director, args: argparse.Namespace) -> int:
+async def cmd_logs(d: DirectorClient, args: argparse.Namespace) -> int:
     path = instance_path(args)
     if args.follow:
-        r = await d.request("GET", path + "/logs/follow")
-        try:
-            async for chunk in r.content.iter_any():
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-        except BrokenPipeError:   # piped into head and the like
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+        async with aclosing(d.stream(path + "/logs/follow")) as chunks:
+            try:
+                async for chunk in chunks:
+                    sys.stdout.write(chunk.decode(errors="replace"))
+                    sys.stdout.flush()
+            except BrokenPipeError:   # piped into head and the like
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     params = {"type": "agent" if args.agent else "job"}
     if args.filters:
         params["filters"] = ",".join(args.filters)
-    r = await d.request("POST", path + "/logs", params=params)
-    task_id = int((await r.json())["id"])
+    task_id = await d.start_task("POST", path + "/logs", params=params)
     print(f"Task {task_id}", file=sys.stderr)
-    task = await d.follow(task_id, quiet=True)
+    task = await d.follow(task_id)
     if task["state"] != "done":
         raise CLIError(f"task {task_id} {task['state']}: {task.get('result')}", EXIT_FAILED)
     res = json.loads(task["result"])
@@ -77,12 +80,12 @@ async def cmd_logs(d: Director, args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     group, _, ref = args.instance.partition("/")
     dest = out_dir / f"{args.deployment}.{group}.{ref}.{params['type']}-{time.strftime('%Y%m%d-%H%M%S')}.tgz"
-    r = await d.request("GET", f"/resources/{res['blobstore_id']}")
     sha1 = hashlib.sha1()
     with open(dest, "wb") as f:
-        async for chunk in r.content.iter_chunked(1 << 16):
-            sha1.update(chunk)
-            await asyncio.to_thread(f.write, chunk)
+        async with aclosing(d.stream(f"/resources/{res['blobstore_id']}", chunk_size=1 << 16)) as chunks:
+            async for chunk in chunks:
+                sha1.update(chunk)
+                await asyncio.to_thread(f.write, chunk)
     if sha1.hexdigest() != res["sha1"]:
         dest.unlink(missing_ok=True)
         raise CLIError(f"the downloaded logs have sha1 {sha1.hexdigest()}, the agent said {res['sha1']}")
@@ -92,7 +95,7 @@ async def cmd_logs(d: Director, args: argparse.Namespace) -> int:
 
 # --- ssh -----------------------------------------------------------------------------------------------
 
-async def cmd_ssh(d: Director, args: argparse.Namespace) -> int:
+async def cmd_ssh(d: DirectorClient, args: argparse.Namespace) -> int:
     """A one-time ed25519 key and user ``bosh_<random>`` (agent ``ssh setup``), the real ssh client with the
     VM's host key pinned, then ``ssh cleanup`` whatever happened."""
     path = instance_path(args) + "/ssh"
@@ -120,14 +123,14 @@ async def cmd_ssh(d: Director, args: argparse.Namespace) -> int:
         finally:
             try:
                 await d.send_json("POST", path, {"command": "cleanup", "user_regex": f"^{user}$"})
-            except CLIError as e:
-                print(f"ssh cleanup of {user} failed: {e}", file=sys.stderr)
+            except DirectorClientError as e:
+                print(f"ssh cleanup of {user} failed: {cli_error(e)}", file=sys.stderr)
     return rc
 
 
 # --- any message ---------------------------------------------------------------------------------------
 
-async def cmd_agent_message(d: Director, args: argparse.Namespace) -> int:
+async def cmd_agent_message(d: DirectorClient, args: argparse.Namespace) -> int:
     arguments = []
     for a in args.arguments:
         try:
@@ -140,7 +143,7 @@ async def cmd_agent_message(d: Director, args: argparse.Namespace) -> int:
     return EXIT_FAILED if "exception" in reply else EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[Director, argparse.Namespace], Awaitable[int]]] = {
+COMMANDS: dict[str, Command] = {
     "disks": cmd_disks, "delete-disk": cmd_delete_disk, "logs": cmd_logs, "ssh": cmd_ssh,
     "agent-message": cmd_agent_message,
 }
@@ -167,4 +170,4 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     s.add_argument("arguments", nargs="*", help="JSON values (a bare word is a string)")
 
 
-__all__ = ["COMMANDS", "add_parsers", "finish_task"]
+__all__ = ["COMMANDS", "add_parsers"]
