@@ -123,7 +123,7 @@ class Applier:
         archive = staging / f"job-{name}.tgz"
         await self.download(dav, ref, archive, f"job '{name}'")
         try:
-            job = await asyncio.to_thread(lambda: JobTarball.read(archive.read_bytes(), f"job '{name}' blob"))
+            job = await asyncio.to_thread(JobTarball.read_file, archive, f"job '{name}' blob")
         except ReleaseError as e:
             raise ApplyError(str(e)) from None
         if job.spec.name != name:

@@ -38,7 +38,6 @@ from .settings import SettingsError, SettingsService
 from .vitals import mount_points
 
 
-
 class DiskError(Exception):
     pass
 

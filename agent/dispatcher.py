@@ -1,11 +1,15 @@
 """From a NATS message to a reply: the one registry of methods, argument checks, sync vs async, errors.
 
-* not JSON, or no ``reply_to``: logged (WARN) and dropped, there is nowhere to answer;
+* not JSON (including JSON nested too deeply to parse), or no ``reply_to``: logged (WARN) and dropped, there
+  is nowhere to answer;
+* larger than ``max_message_bytes`` (``wire.MAX_REQUEST_BYTES``, 1 MiB): answered ``message of N bytes
+  exceeds the agent's limit of M bytes`` when its ``reply_to`` can be read, else logged and dropped;
 * every request is logged as the deck shows it: ``INFO: Message: {"method"=>..., "arguments"=>..., "reply_to"=>...}``;
 * unknown method: ``unknown message <method>``;
 * missing or wrongly typed arguments: ``Action Failed <method>: Not enough arguments, expected N, got M`` /
   ``... argument 1 (apply spec) must be an object, got a string``; extra arguments are ignored;
-* async actions answer ``{"agent_task_id", "state": "running"}`` at once and run as tasks;
+* async actions answer ``{"agent_task_id", "state": "running"}`` at once and run as tasks; when
+  ``TaskManager.max_queued`` (100) are already waiting: ``Action Failed <method>: too many tasks queued (100)``;
 * a failing sync action: ``Action Failed <method>: <error>``.
 Nothing here raises: a bad message can never end the subscription.
 """
@@ -21,10 +25,10 @@ from .action.base import JSON_TYPES, Action, ActionError, Services, json_type
 from .action.cancel_task import CancelTask
 from .action.compile_package import CompilePackage
 from .action.drain import Drain
+from .action.fetch_logs import FetchLogs
 from .action.get_state import GetState
 from .action.get_task import GetTask
 from .action.info import Info
-from .action.fetch_logs import FetchLogs
 from .action.list_disk import ListDisk
 from .action.migrate_disk import MigrateDisk
 from .action.mount_disk import MountDisk
@@ -35,7 +39,7 @@ from .action.start import Start
 from .action.stop import Stop
 from .action.unmount_disk import UnmountDisk
 from .log import log, ruby_inspect
-from .tasks import TaskManager, describe
+from .tasks import TaskManager, TooManyTasks, describe
 
 # The deck's fourteen (slide 10: migrate_disk, list_disk, mount_disk, unmount_disk, state, drain, apply,
 # compile_package, fetch_logs, ssh, ping, start, stop, prepare_network_change), plus task control and info.
@@ -67,7 +71,7 @@ def check_arguments(action: Action, args: list[Any]) -> list[Any]:
     if len(args) < required:
         raise ArgumentError(f"Not enough arguments, expected {required}, got {len(args)}")
     checked = args[:len(action.args)]
-    for i, (decl, value) in enumerate(zip(action.args, checked), start=1):
+    for i, (decl, value) in enumerate(zip(action.args, checked, strict=False), start=1):
         if value is None and decl.nullable:
             continue
         ok = isinstance(value, decl.kind) and not (isinstance(value, bool) and decl.kind is not bool)
@@ -78,13 +82,18 @@ def check_arguments(action: Action, args: list[Any]) -> list[Any]:
 
 
 class Dispatcher:
-    def __init__(self, actions: Mapping[str, Action], tasks: TaskManager, reply: Reply) -> None:
+    def __init__(self, actions: Mapping[str, Action], tasks: TaskManager, reply: Reply,
+                 max_message_bytes: int = wire.MAX_REQUEST_BYTES) -> None:
         self.actions = actions
         self.tasks = tasks
         self.reply = reply
+        self.max_message_bytes = max_message_bytes
 
     async def handle(self, data: bytes) -> None:
         """The subscription callback: answer the message if it can be answered at all."""
+        if len(data) > self.max_message_bytes:
+            await self._too_large(data)
+            return
         reply_to = wire.reply_to_of(data)
         if reply_to is None:
             log.warning("Dropping message that is not JSON or has no reply_to: %s",
@@ -100,7 +109,23 @@ class Dispatcher:
         except Exception as e:  # noqa: BLE001
             log.error("Could not reply on %s: %s", reply_to, describe(e))
 
+    async def _too_large(self, data: bytes) -> None:
+        # Only a message up to 8x the limit is parsed to find its reply_to; anything bigger is just dropped.
+        reply_to = wire.reply_to_of(data) if len(data) <= 8 * self.max_message_bytes else None
+        message = f"message of {len(data)} bytes exceeds the agent's limit of {self.max_message_bytes} bytes"
+        if reply_to is None:
+            log.warning("Dropping %s (no reply_to to answer on)", message)
+            return
+        log.warning("Refusing %s", message)
+        try:
+            await self.reply(reply_to, wire.encode_exception(message))
+        except Exception as e:  # noqa: BLE001
+            log.error("Could not reply on %s: %s", reply_to, describe(e))
+
     async def dispatch(self, data: bytes) -> bytes:
+        if len(data) > self.max_message_bytes:
+            return wire.encode_exception(f"message of {len(data)} bytes exceeds the agent's limit of "
+                                         f"{self.max_message_bytes} bytes")
         try:
             req = wire.decode_request(data)
         except wire.WireError as e:
@@ -116,7 +141,10 @@ class Dispatcher:
         except ArgumentError as e:
             return self._failed(method, str(e))
         if action.is_async(req.get("protocol", 0)):
-            task = self.tasks.submit(method, lambda: action.run(*checked), action.cancelable)
+            try:
+                task = self.tasks.submit(method, lambda: action.run(*checked), action.cancelable)
+            except TooManyTasks as e:
+                return self._failed(method, str(e))
             log.info("Running async action %s as task %s", method, task.id)
             return wire.encode_value(wire.task_running(task.id))
         try:

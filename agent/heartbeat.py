@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
+from boshlab.contracts import Heartbeat
+from boshlab.contracts import Vitals as VitalsReport
 from boshlab.wire import heartbeat_subject
 
 from .jobsupervisor import JobSupervisor
@@ -20,8 +22,8 @@ class Publisher(Protocol):
     async def flush(self, timeout: int) -> None: ...
 
 
-def heartbeat_payload(spec: ApplySpec, job_state: str, vitals: dict[str, Any],
-                      number_of_processes: int | None) -> dict[str, Any]:
+def heartbeat_payload(spec: ApplySpec, job_state: str, vitals: VitalsReport,
+                      number_of_processes: int | None) -> Heartbeat:
     job = spec.get("job")
     return {
         "deployment": spec.get("deployment", ""),
@@ -34,14 +36,14 @@ def heartbeat_payload(spec: ApplySpec, job_state: str, vitals: dict[str, Any],
     }
 
 
-async def collect_payload(spec: ApplySpec, supervisor: JobSupervisor, vitals: Vitals) -> dict[str, Any]:
+async def collect_payload(spec: ApplySpec, supervisor: JobSupervisor, vitals: Vitals) -> Heartbeat:
     status = await supervisor.status()
     count = None if status is None else len(status.group())
     return heartbeat_payload(spec, supervisor.job_state(status), await asyncio.to_thread(vitals.collect), count)
 
 
 class Heartbeater:
-    def __init__(self, mbus: Publisher, agent_id: str, payload: Callable[[], Awaitable[dict[str, Any]]],
+    def __init__(self, mbus: Publisher, agent_id: str, payload: Callable[[], Awaitable[Heartbeat]],
                  interval: float, retries: int = 60, retry_delay: float = 1.0) -> None:
         self.mbus = mbus
         self.subject = heartbeat_subject(agent_id)

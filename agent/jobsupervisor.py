@@ -22,11 +22,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
+from boshlab.contracts import ProcessState
 from boshlab.httpauth import basic_auth
+
 from .log import log
 from .paths import Paths
 
@@ -137,7 +138,7 @@ def job_state(status: MonitStatus | None, stopped: bool) -> str:
     return "running"
 
 
-def process_entry(svc: MonitService) -> dict[str, Any]:
+def process_entry(svc: MonitService) -> ProcessState:
     """One ``processes`` entry of get_state (protocol.md §3)."""
     return {"name": svc.name, "state": svc.state, "uptime": {"secs": svc.uptime or 0},
             "mem": {"kb": svc.mem_kb, "percent": svc.mem_percent},
@@ -249,7 +250,7 @@ class MonitClient:
                 body = await r.read()
                 if r.status != 200:
                     raise MonitUnavailable(f"monit status answered {r.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise MonitUnavailable(f"monit is not reachable at {self.url}: {e}") from None
         return parse_status(body)
 
@@ -263,7 +264,7 @@ class MonitClient:
                     if r.status not in (200, 302):
                         text = (await r.text())[:200]
                         raise JobSupervisorError(f"monit {action} {service} answered {r.status}: {text}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise MonitUnavailable(f"monit is not reachable at {self.url}: {e}") from None
 
 

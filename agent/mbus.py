@@ -2,18 +2,22 @@
 
 The mbus URL carries the shared user and password (``nats://nats:nats@nats:4222``, the 2013 model);
 nats-py takes them from the URL. Reconnects are retried without limit.
+
+Bounds: at most ``max_inflight`` (64) messages are handled at once; while that many are, the subscription
+waits, and what arrives meanwhile waits in nats-py's pending queue, itself bounded (``pending_msgs`` 1000
+messages, ``pending_bytes`` 64 MiB; beyond that nats-py drops messages and reports a slow consumer).
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+import nats
+from boshlab.httpauth import redact_url
 from boshlab.wire import agent_subject
 
 from .log import log
@@ -21,22 +25,21 @@ from .log import log
 Handler = Callable[[bytes], Coroutine[Any, Any, None]]
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for the log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query, parts.fragment))
+redact = redact_url
 
 
 class MBus:
-    def __init__(self, url: str, agent_id: str, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, agent_id: str, connect_timeout: float = 5.0, max_inflight: int = 64,
+                 pending_msgs: int = 1000, pending_bytes: int = 64 * 1024 * 1024) -> None:
         self.url = url
         self.agent_id = agent_id
         self.connect_timeout = connect_timeout
+        self.max_inflight = max_inflight
+        self.pending_msgs = pending_msgs
+        self.pending_bytes = pending_bytes
         self.nc: Client | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_inflight)
 
     async def connect(self) -> None:
         """Connect, retrying every 2 s × attempt (at most 10 s) until NATS answers."""
@@ -64,14 +67,24 @@ class MBus:
 
     async def subscribe(self, handler: Handler) -> None:
         """Deliver every message on ``agent.<agent_id>`` to ``handler``, each in its own task, so a slow
-        sync action never holds up the next message (e.g. a ``ping`` during ``start``)."""
+        sync action never holds up the next message (e.g. a ``ping`` during ``start``); at most
+        ``max_inflight`` at once (nats-py calls ``on_message`` for one message after the other, so waiting
+        for a slot here holds the rest in the subscription's bounded pending queue)."""
+        async def run(data: bytes) -> None:
+            try:
+                await handler(data)
+            finally:
+                self._slots.release()
+
         async def on_message(msg: Msg) -> None:
-            task = asyncio.create_task(handler(msg.data))
+            await self._slots.acquire()
+            task = asyncio.create_task(run(msg.data))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
         subject = agent_subject(self.agent_id)
-        await self._client().subscribe(subject, cb=on_message)
+        await self._client().subscribe(subject, cb=on_message, pending_msgs_limit=self.pending_msgs,
+                                       pending_bytes_limit=self.pending_bytes)
         log.info("Subscribed to %s", subject)
 
     async def publish(self, subject: str, payload: bytes) -> None:

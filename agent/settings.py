@@ -7,6 +7,8 @@
   endpoint URL, sent as an Authorization header) answers ``{"settings": "<settings as a JSON string>"}``.
 * Settings are cached in ``/var/vcap/bosh/settings.json``; the cache is used when the registry stays
   unreachable on a later boot.
+
+The shapes (``UserData``, ``Settings``, ``RegistryReply``...) are the shared ones of ``boshlab.contracts``.
 """
 from __future__ import annotations
 
@@ -15,68 +17,22 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
-from boshlab.httpauth import basic_auth
+from boshlab.contracts import BlobstoreSettings as BlobstoreSettings
+from boshlab.contracts import DiskSettings as DiskSettings
+from boshlab.contracts import NetworkSpec as NetworkSpec
+from boshlab.contracts import Settings as Settings
+from boshlab.contracts import UserData as UserData
+from boshlab.httpauth import basic_auth, redact_url
+
 from .log import log, ruby_inspect
 from .paths import Paths
 
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
-
-
-class RegistrySettings(TypedDict):
-    endpoint: str
-
-
-class ServerSettings(TypedDict, total=False):
-    name: str
-
-
-class UserData(TypedDict):
-    registry: RegistrySettings
-    instance_id: str
-    server: NotRequired[ServerSettings]
-
-
-class BlobstoreSettings(TypedDict):
-    provider: str
-    options: dict[str, Any]
-
-
-class NetworkSettings(TypedDict, total=False):
-    type: str
-    ip: str
-    netmask: str
-    gateway: str
-    dns: list[str]
-    default: list[str]
-    mac: str
-    cloud_properties: dict[str, Any]
-
-
-class DiskSettings(TypedDict, total=False):
-    system: str
-    ephemeral: str | None
-    persistent: dict[str, Any]
-    raw_ephemeral: Any
-
-
-class VMSettings(TypedDict):
-    name: str
-
-
-class Settings(TypedDict):
-    agent_id: str
-    mbus: str
-    blobstore: BlobstoreSettings
-    vm: NotRequired[VMSettings]
-    networks: NotRequired[dict[str, NetworkSettings]]
-    disks: NotRequired[DiskSettings]
-    ntp: NotRequired[list[str]]
-    env: NotRequired[dict[str, Any]]
 
 
 class SettingsError(Exception):
@@ -125,8 +81,14 @@ def heartbeat_interval(settings: Settings) -> float:
 
 
 def infrastructure_summary(settings: Settings) -> str:
-    """The deck's ``loaded new infrastructure settings: {"networks"=>..., "disks"=>..., ...}``."""
-    shown = {k: settings.get(k) for k in ("networks", "disks", "blobstore", "mbus")}
+    """The deck's ``loaded new infrastructure settings: {"networks"=>..., "disks"=>..., ...}``, with the mbus
+    and blobstore passwords masked (each VM has NATS credentials of its own: they stay out of logs)."""
+    shown: dict[str, Any] = {k: settings.get(k) for k in ("networks", "disks", "blobstore", "mbus")}
+    if isinstance(shown["mbus"], str):
+        shown["mbus"] = redact_url(shown["mbus"])
+    blobstore = shown["blobstore"]
+    if isinstance(blobstore, dict) and isinstance(blobstore.get("options"), dict) and "password" in blobstore["options"]:
+        shown["blobstore"] = dict(blobstore, options=dict(blobstore["options"], password="***"))
     return ruby_inspect(shown)
 
 
@@ -198,7 +160,7 @@ class SettingsService:
         for attempt in range(1, tries + 1):
             try:
                 return await self.fetcher(self.user_data or self.read_user_data())
-            except (aiohttp.ClientError, asyncio.TimeoutError, SettingsError, OSError) as e:
+            except (TimeoutError, aiohttp.ClientError, SettingsError, OSError) as e:
                 last = e
                 log.warning("Fetching settings from the registry failed (attempt %d/%d): %s",
                             attempt, tries, describe_error(e))

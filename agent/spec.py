@@ -1,44 +1,17 @@
-"""The apply spec (2013 style, protocol.md §9) and its copy on disk, ``/var/vcap/bosh/spec.json``."""
+"""The apply spec (2013 style, protocol.md §9) and its copy on disk, ``/var/vcap/bosh/spec.json``.
+
+The types (``ApplySpec``, ``JobSpec``, ``BlobRef``) are the shared ones of ``boshlab.contracts``, re-exported here."""
 from __future__ import annotations
 
 import json
-from typing import Any, TypedDict, cast
+from typing import Any, cast
+
+from boshlab.contracts import ApplySpec as ApplySpec
+from boshlab.contracts import BlobRef as BlobRef
+from boshlab.contracts import JobSpec as JobSpec
 
 from .paths import Paths
 from .settings import write_json_atomic
-
-
-class BlobRef(TypedDict, total=False):
-    name: str
-    version: str
-    sha1: str
-    blobstore_id: str
-
-
-class JobRef(TypedDict, total=False):
-    name: str
-    release: str
-    template: str
-    version: str
-    sha1: str
-    blobstore_id: str
-    templates: list[BlobRef]
-
-
-class ApplySpec(TypedDict, total=False):
-    deployment: str
-    release: dict[str, Any]
-    job: JobRef
-    index: int
-    id: str
-    name: str
-    networks: dict[str, Any]
-    resource_pool: dict[str, Any]
-    packages: dict[str, BlobRef]
-    persistent_disk: int
-    configuration_hash: str
-    properties: dict[str, Any]
-    template_hashes: dict[str, str]
 
 
 class SpecError(ValueError):

@@ -7,6 +7,11 @@ the running form for it meanwhile. That is today's agent (one worker reading a q
 it with "already running long running task". The lab keeps the queue: the director never has to retry, and
 disk work (mount, migrate, unmount) can never overlap.
 
+Bounds: at most ``max_queued`` (100) tasks wait behind the running one; one more is refused at once
+(``too many tasks queued (100)``, nothing is started). Of the finished tasks the last ``keep`` (1000) are
+kept for ``get_task``; older finished ones are forgotten (``Task with id X could not be found``), however
+long an older task keeps running.
+
 ``cancel_task``: only cancelable actions (``drain``) can be canceled, running or queued; the action's child
 processes are stopped (drain: SIGTERM to the script's process group, SIGKILL after 10 s) and the task ends
 failed with "task canceled". Any other task: "canceling task X (method) is not supported".
@@ -32,6 +37,11 @@ class TaskNotFound(Exception):
 
 class CancelNotSupported(Exception):
     pass
+
+
+class TooManyTasks(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many tasks queued ({limit})")
 
 
 @dataclass
@@ -61,20 +71,26 @@ def describe(e: BaseException) -> str:
 
 
 class TaskManager:
-    def __init__(self, keep: int = 1000) -> None:
+    def __init__(self, keep: int = 1000, max_queued: int = 100) -> None:
         self.keep = keep
+        self.max_queued = max_queued
         self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()   # finished task ids, oldest first
         self._queue: asyncio.Queue[Task] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 
+    @property
+    def queued(self) -> int:
+        """Tasks accepted and not started yet."""
+        return self._queue.qsize()
+
     def submit(self, method: str, run: Callable[[], Coroutine[Any, Any, Any]], cancelable: bool = False) -> Task:
+        """Queue a task; raises TooManyTasks when ``max_queued`` are already waiting."""
+        if self._queue.qsize() >= self.max_queued:
+            log.warning("Refusing %s: %d tasks are queued already", method, self._queue.qsize())
+            raise TooManyTasks(self.max_queued)
         task = Task(str(uuid.uuid4()), method, run, cancelable)
         self.tasks[task.id] = task
-        while len(self.tasks) > self.keep:
-            oldest = next(iter(self.tasks.values()))
-            if oldest.state == RUNNING:
-                break
-            self.tasks.popitem(last=False)
         self._queue.put_nowait(task)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work())
@@ -117,6 +133,10 @@ class TaskManager:
 
     def _finish(self, task: Task, result: Any = None, error: str | None = None) -> None:
         task.handle = None
+        self._finished[task.id] = None
+        while len(self._finished) > self.keep:
+            old, _ = self._finished.popitem(last=False)
+            self.tasks.pop(old, None)
         if error is None:
             task.state, task.result = DONE, result
             log.info("Task %s (%s) done: %s", task.id, task.method, str(result)[:200])

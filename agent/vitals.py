@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from boshlab import contracts
 
 from .paths import Paths
 
@@ -55,7 +56,7 @@ def _pct(part: float, whole: float) -> float:
     return 100.0 * part / whole if whole > 0 else 0.0
 
 
-def disk_usage(path: str) -> dict[str, str]:
+def disk_usage(path: str) -> contracts.DiskUsage:
     st = os.statvfs(path)
     used = st.f_blocks - st.f_bfree
     inodes_used = st.f_files - st.f_ffree
@@ -71,23 +72,25 @@ class Vitals:
         self.proc = proc
         self._last = CpuTimes(0, 0, 0, 0)
 
-    def cpu(self) -> dict[str, str]:
+    def cpu(self) -> contracts.CpuVitals:
         now = read_cpu(self.proc)
         last, self._last = self._last, now
         total = now.total - last.total
         return {"sys": f"{_pct(now.sys - last.sys, total):.1f}", "user": f"{_pct(now.user - last.user, total):.1f}",
                 "wait": f"{_pct(now.wait - last.wait, total):.1f}"}
 
-    def disks(self) -> dict[str, dict[str, str]]:
+    def disks(self) -> contracts.DiskVitals:
         mounted = mount_points(self.proc)
-        out = {}
-        for key, path in (("system", Path("/")), ("ephemeral", self.paths.data),
-                          ("persistent", self.paths.store)):
-            if str(path) in mounted:
-                out[key] = disk_usage(str(path))
+        out: contracts.DiskVitals = {}
+        if "/" in mounted:
+            out["system"] = disk_usage("/")
+        if str(self.paths.data) in mounted:
+            out["ephemeral"] = disk_usage(str(self.paths.data))
+        if str(self.paths.store) in mounted:
+            out["persistent"] = disk_usage(str(self.paths.store))
         return out
 
-    def collect(self) -> dict[str, Any]:
+    def collect(self) -> contracts.Vitals:
         mem = read_meminfo(self.proc)
         total = mem.get("MemTotal", 0)
         used = total - mem.get("MemAvailable", mem.get("MemFree", 0))

@@ -3,6 +3,13 @@
 Blobs live at ``<endpoint>/<sha1(id)[:2]>/<id>``. PUT answers 201/204, GET 200, HEAD 200/404, DELETE 2xx or
 404. Every request carries basic auth; failed requests are retried (3 attempts, as davcli does). Digests are
 SHA1 hex strings, checked after every GET. Files are streamed; hashing of files runs in a thread.
+
+Deadlines (DavConfig fields, each attempt has its own): ``connect_timeout`` (10 s) to connect;
+``read_timeout`` (60 s): no byte from the blobstore for that long (before the status line or mid-body) is an
+error; ``request_timeout`` (300 s) + size / ``min_rate`` (256 KiB/s) for the whole request, the size being the
+upload's or the download's Content-Length, so big blobs get longer. A blobstore that stalls ends, after the
+retries, in a BlobstoreError naming the blob and the deadline that expired. The settings'
+``blobstore.options`` may carry the same keys.
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,19 +57,42 @@ class Sha1Mismatch(BlobstoreError):
     pass
 
 
+TIMEOUT_OPTIONS = ("connect_timeout", "read_timeout", "request_timeout", "min_rate")
+
+
 @dataclass(frozen=True)
 class DavConfig:
     endpoint: str
     user: str | None = None
     password: str | None = None
+    connect_timeout: float = 10.0        # seconds to connect
+    read_timeout: float = 60.0           # seconds without a byte from the blobstore
+    request_timeout: float = 300.0       # seconds for a whole request of a small blob ...
+    min_rate: float = 256 * 1024         # ... plus one second per this many bytes of the blob
+
+    def deadline(self, size: int | None) -> float:
+        """The overall deadline of one request moving ``size`` bytes."""
+        return self.request_timeout + (size or 0) / self.min_rate
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "DavConfig":
-        """From a settings ``blobstore.options`` hash: ``{"endpoint", "user", "password"}``."""
+    def from_options(cls, options: dict[str, Any]) -> DavConfig:
+        """From a settings ``blobstore.options`` hash: ``{"endpoint", "user", "password"}`` and optionally
+        ``connect_timeout``, ``read_timeout``, ``request_timeout`` (seconds), ``min_rate`` (bytes/s)."""
         endpoint = options.get("endpoint")
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             raise BlobstoreError(f"blobstore options need an http(s) endpoint, got {endpoint!r}")
-        return cls(endpoint.rstrip("/"), options.get("user"), options.get("password"))
+        limits: dict[str, float] = {}
+        for key in TIMEOUT_OPTIONS:
+            value = options.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise BlobstoreError(f"blobstore option {key} must be a positive number, got {value!r}")
+            limits[key] = float(value)
+        return cls(endpoint.rstrip("/"), options.get("user"), options.get("password"), **limits)
+
+
+Sized = Callable[[int | None], None]   # tells _retry the blob's size once known (the overall deadline grows)
 
 
 class DavClient:
@@ -73,7 +103,7 @@ class DavClient:
         self._session = session
         self._own_session = session is None
 
-    async def __aenter__(self) -> "DavClient":
+    async def __aenter__(self) -> DavClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -87,28 +117,58 @@ class DavClient:
     def url(self, blob_id: str) -> str:
         return self.config.endpoint + blob_path(blob_id)
 
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        """Per request (it overrides a shared session's): connect and read deadlines; the overall one is
+        ``asyncio.timeout`` in :meth:`_retry`, as it depends on the blob's size."""
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout,
+                                     sock_read=self.config.read_timeout)
+
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+            self._session = aiohttp.ClientSession(timeout=self._timeout())
         return self._session
 
     def _auth(self) -> dict[str, str]:
         return basic_auth(self.config.user, self.config.password or "") if self.config.user else {}
 
-    async def _retry(self, what: str, blob_id: str, fn: Any) -> Any:
+    def _timeout_text(self, e: BaseException) -> str:
+        if isinstance(e, aiohttp.ConnectionTimeoutError):
+            return f"could not connect within {self.config.connect_timeout:g} s (connect deadline)"
+        return f"no data from the blobstore for {self.config.read_timeout:g} s (read deadline)"
+
+    async def _retry(self, what: str, blob_id: str, fn: Callable[[Sized], Awaitable[Any]],
+                     size: int | None = None) -> Any:
+        """``fn`` with the retries, each attempt under the overall deadline for ``size`` bytes (``fn`` may
+        give the size later: ``sized(content_length)``). Errors end in a BlobstoreError naming the blob."""
         last: Exception | None = None
+        detail = ""
+        loop = asyncio.get_running_loop()
         for _ in range(RETRY_ATTEMPTS):
+            start = loop.time()
+            known = size
             try:
-                return await fn()
+                async with asyncio.timeout(self.config.deadline(size)) as cm:
+                    def sized(n: int | None, start: float = start, cm: asyncio.Timeout = cm) -> None:
+                        nonlocal known
+                        known = n
+                        cm.reschedule(start + self.config.deadline(n))
+                    return await fn(sized)
             except (BlobNotFound, Sha1Mismatch):
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, BlobstoreError) as e:
+            except TimeoutError as e:
                 last = e
-        raise BlobstoreError(f"{what} blob {blob_id} at {self.url(blob_id)}: {last}") from last
+                if isinstance(e, aiohttp.ServerTimeoutError):
+                    detail = self._timeout_text(e)
+                else:
+                    of = f" for {known} bytes" if known else ""
+                    detail = f"not done within {round(self.config.deadline(known), 1):g} s (overall deadline{of})"
+            except (aiohttp.ClientError, BlobstoreError) as e:
+                last, detail = e, str(e)
+        raise BlobstoreError(f"{what} blob {blob_id} at {self.url(blob_id)}: {detail}") from last
 
     async def exists(self, blob_id: str) -> bool:
-        async def go() -> bool:
-            async with self._sess().head(self.url(blob_id), headers=self._auth()) as r:
+        async def go(sized: Sized) -> bool:
+            async with self._sess().head(self.url(blob_id), headers=self._auth(), timeout=self._timeout()) as r:
                 if r.status == 200:
                     return True
                 if r.status == 404:
@@ -121,11 +181,12 @@ class DavClient:
         blob_id = blob_id or str(uuid.uuid4())
         digest = hashlib.sha1(data).hexdigest()
 
-        async def go() -> None:
-            async with self._sess().put(self.url(blob_id), data=data, headers=self._auth()) as r:
+        async def go(sized: Sized) -> None:
+            async with self._sess().put(self.url(blob_id), data=data, headers=self._auth(),
+                                        timeout=self._timeout()) as r:
                 if r.status not in (201, 204):
                     raise BlobstoreError(f"PUT answered {r.status}")
-        await self._retry("uploading", blob_id, go)
+        await self._retry("uploading", blob_id, go, len(data))
         return blob_id, digest
 
     async def put_file(self, path: str | os.PathLike[str], blob_id: str | None = None) -> tuple[str, str]:
@@ -139,24 +200,26 @@ class DavClient:
                 while chunk := await asyncio.to_thread(f.read, CHUNK):
                     yield chunk
 
-        async def go() -> None:
+        async def go(sized: Sized) -> None:
             headers = {"Content-Length": str(size), **self._auth()}
-            async with self._sess().put(self.url(blob_id), data=body(), headers=headers) as r:
+            async with self._sess().put(self.url(blob_id), data=body(), headers=headers,
+                                        timeout=self._timeout()) as r:
                 if r.status not in (201, 204):
                     raise BlobstoreError(f"PUT answered {r.status}")
-        await self._retry("uploading", blob_id, go)
+        await self._retry("uploading", blob_id, go, size)
         return blob_id, digest
 
     async def get_file(self, blob_id: str, dest: str | os.PathLike[str], sha1: str | None = None) -> str:
         """Stream a blob into ``dest``; verify ``sha1`` when given (the file is removed on mismatch).
         Returns the sha1 of what was downloaded."""
-        async def go() -> str:
+        async def go(sized: Sized) -> str:
             h = hashlib.sha1()
-            async with self._sess().get(self.url(blob_id), headers=self._auth()) as r:
+            async with self._sess().get(self.url(blob_id), headers=self._auth(), timeout=self._timeout()) as r:
                 if r.status == 404:
                     raise BlobNotFound(f"blob {blob_id} not found in the blobstore")
                 if r.status != 200:
                     raise BlobstoreError(f"GET answered {r.status}")
+                sized(r.content_length)
                 with open(dest, "wb") as f:
                     async for chunk in r.content.iter_chunked(CHUNK):
                         h.update(chunk)
@@ -168,21 +231,38 @@ class DavClient:
         return got
 
     async def get_bytes(self, blob_id: str, sha1: str | None = None) -> bytes:
-        async def go() -> bytes:
-            async with self._sess().get(self.url(blob_id), headers=self._auth()) as r:
+        async def go(sized: Sized) -> bytes:
+            async with self._sess().get(self.url(blob_id), headers=self._auth(), timeout=self._timeout()) as r:
                 if r.status == 404:
                     raise BlobNotFound(f"blob {blob_id} not found in the blobstore")
                 if r.status != 200:
                     raise BlobstoreError(f"GET answered {r.status}")
+                sized(r.content_length)
                 return await r.read()
         data: bytes = await self._retry("downloading", blob_id, go)
         if sha1 is not None:
             check_sha1(blob_id, sha1, hashlib.sha1(data).hexdigest())
         return data
 
+    async def stream(self, blob_id: str) -> AsyncIterator[tuple[int | None, bytes]]:
+        """A blob as it comes: first ``(content length or None, b"")``, then ``(None, chunk)``s.
+        Raises BlobNotFound before yielding anything when it does not exist. The connect and read deadlines
+        apply (the consumer sets the pace, so there is no overall one); they end in a BlobstoreError."""
+        try:
+            async with self._sess().get(self.url(blob_id), headers=self._auth(), timeout=self._timeout()) as r:
+                if r.status == 404:
+                    raise BlobNotFound(f"blob {blob_id} not found in the blobstore")
+                if r.status != 200:
+                    raise BlobstoreError(f"GET {blob_id} answered {r.status}")
+                yield r.content_length, b""
+                async for chunk in r.content.iter_chunked(CHUNK):
+                    yield None, chunk
+        except aiohttp.ServerTimeoutError as e:
+            raise BlobstoreError(f"streaming blob {blob_id} at {self.url(blob_id)}: {self._timeout_text(e)}") from e
+
     async def delete(self, blob_id: str) -> None:
-        async def go() -> None:
-            async with self._sess().delete(self.url(blob_id), headers=self._auth()) as r:
+        async def go(sized: Sized) -> None:
+            async with self._sess().delete(self.url(blob_id), headers=self._auth(), timeout=self._timeout()) as r:
                 if not (200 <= r.status < 300 or r.status == 404):
                     raise BlobstoreError(f"DELETE answered {r.status}")
         await self._retry("deleting", blob_id, go)

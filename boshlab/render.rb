@@ -1,8 +1,12 @@
 # Renders BOSH job templates with Ruby's own ERB, as the 2013 agent and director did.
 # stdin:  {"spec": {... apply spec with "properties" ...},
 #          "jobs": [{"name": "redis", "templates": {"config/redis.conf.erb": "<source>", ...}}]}
-# stdout: {"rendered": {"redis": {"config/redis.conf.erb": "<output>", ...}}}
-#     or  {"error": {"job": "...", "template": "...", "property": "..." | null, "message": "..."}}
+# stdout (the result channel): one JSON object a line, each template announced before it runs
+#             {"rendering": {"job": "...", "template": "..."}}
+#         then the result: {"rendered": {"redis": {"config/redis.conf.erb": "<output>", ...}}}
+#                      or  {"error": {"job": "...", "template": "...", "property": "..." | null, "message": "..."}}
+# Templates cannot write on that channel: before any of them runs, the channel moves to a new descriptor and
+# fd 1 (STDOUT, $stdout, and child processes' stdout) becomes stderr.
 require "erb"
 require "json"
 require "ostruct"
@@ -76,6 +80,15 @@ class EvaluationContext
   end
 end
 
+RESULT = STDOUT.dup          # close-on-exec, like every descriptor Ruby opens
+RESULT.sync = true
+STDOUT.reopen(STDERR)
+$stdout = STDOUT
+
+def result(obj)
+  RESULT.write(JSON.generate(obj) + "\n")
+end
+
 input = JSON.parse($stdin.read)
 spec = input.fetch("spec")
 out = {}
@@ -83,21 +96,22 @@ input.fetch("jobs").each do |job|
   context = EvaluationContext.new(spec)
   out[job["name"]] = {}
   job.fetch("templates").each do |template_name, source|
+    result({"rendering" => {"job" => job["name"], "template" => template_name}})
     begin
       erb = ERB.new(source, trim_mode: "-")
       erb.filename = template_name
       out[job["name"]][template_name] = erb.result(context.get_binding)
     rescue UnknownProperty => e
-      puts JSON.generate({"error" => {"job" => job["name"], "template" => template_name, "property" => e.name,
-                                      "message" => e.message}})
+      result({"error" => {"job" => job["name"], "template" => template_name, "property" => e.name,
+                          "message" => e.message}})
       exit 0
     rescue Exception => e
       line = (e.backtrace || []).find { |l| l.start_with?(template_name) }
       where = line ? " (#{line.split(':in').first})" : ""
-      puts JSON.generate({"error" => {"job" => job["name"], "template" => template_name, "property" => nil,
-                                      "message" => "#{e.class}: #{e.message}#{where}"}})
+      result({"error" => {"job" => job["name"], "template" => template_name, "property" => nil,
+                          "message" => "#{e.class}: #{e.message}#{where}"}})
       exit 0
     end
   end
 end
-puts JSON.generate({"rendered" => out})
+result({"rendered" => out})

@@ -4,6 +4,7 @@ Request  (director -> ``agent.<agent_id>``):
     {"protocol": 3, "method": "apply", "arguments": [...], "reply_to": "director.<proc>.<agent>.<req>"}
 Reply    (agent -> reply_to): {"value": ...} or {"exception": {"message": "..."}}
 Async    {"value": {"agent_task_id": "...", "state": "running"}}, polled with ``get_task``.
+The typed shapes of the values (apply spec, settings, heartbeat, replies) are in ``boshlab.contracts``.
 """
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import json
 import uuid
 from typing import Any, NotRequired, TypedDict
 
+from .contracts import TaskRunning as TaskRunning  # re-exported; the shared shapes live in boshlab.contracts
+
 PROTOCOL_VERSION = 3
 MAX_REPLY_BYTES = 1024 * 1024  # the agent caps replies at 1 MiB
+MAX_REQUEST_BYTES = 1024 * 1024  # and refuses requests larger than this (NATS' default max_payload)
 
 
 class Request(TypedDict):
@@ -20,23 +24,6 @@ class Request(TypedDict):
     arguments: list[Any]
     reply_to: str
     protocol: NotRequired[int]
-
-
-class ExceptionBody(TypedDict):
-    message: str
-
-
-class ValueReply(TypedDict):
-    value: Any
-
-
-class ExceptionReply(TypedDict):
-    exception: ExceptionBody
-
-
-class TaskRunning(TypedDict):
-    agent_task_id: str
-    state: str
 
 
 class WireError(ValueError):
@@ -51,10 +38,6 @@ def agent_subject(agent_id: str) -> str:
 
 def heartbeat_subject(agent_id: str) -> str:
     return f"hm.agent.heartbeat.{agent_id}"
-
-
-def alert_subject(agent_id: str) -> str:
-    return f"hm.agent.alert.{agent_id}"
 
 
 def shutdown_subject(agent_id: str) -> str:
@@ -94,9 +77,13 @@ def encode_request(method: str, arguments: list[Any], reply_to: str) -> bytes:
 
 
 def parse_json(data: bytes) -> Any:
+    """``json.loads`` whose every failure is a WireError: bad UTF-8 or JSON (ValueError) and nesting too
+    deep for the parser (``[[[[...]]]]`` 100k deep raises RecursionError)."""
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise WireError("message is nested too deeply to parse") from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise WireError(f"message is not JSON: {e}") from None
 
 
@@ -130,8 +117,8 @@ def decode_request(data: bytes) -> Request:
 def reply_to_of(data: bytes) -> str | None:
     """The reply subject of a raw message, or None when there is none to answer on."""
     try:
-        msg = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        msg = parse_json(data)
+    except WireError:
         return None
     if isinstance(msg, dict) and isinstance(msg.get("reply_to"), str) and msg["reply_to"]:
         return str(msg["reply_to"])

@@ -18,7 +18,6 @@ from ..tasks import TaskManager
 from ..users import UserAdmin
 from ..vitals import Vitals
 
-
 JSON_TYPES: dict[type, str] = {dict: "an object", list: "an array", str: "a string", int: "an integer",
                                float: "a number", bool: "a boolean"}
 
@@ -73,7 +72,7 @@ class Services:
 
 
 def blobstore_client(settings: SettingsService) -> DavClient:
-    return DavClient(DavConfig.from_options(settings.settings["blobstore"]["options"]))
+    return DavClient(DavConfig.from_options(dict(settings.settings["blobstore"]["options"])))
 
 
 class Action(ABC):

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from boshlab.contracts import CompileResult
 from boshlab.dav import BlobstoreError
 from boshlab.tarball import tar_directory
 
@@ -53,7 +54,7 @@ class CompilePackage(Action):
         return True
 
     async def run(self, blob_id: str, sha1: str, name: str, version: str,
-                  deps: dict[str, Any]) -> dict[str, Any]:
+                  deps: dict[str, Any]) -> CompileResult:
         try:
             check_name(name, "package")
             dep_refs: dict[str, BlobRef] = {check_name(d, "dependency"): check_blob_ref(r, f"dependency '{d}'")

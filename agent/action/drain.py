@@ -1,22 +1,32 @@
-"""``drain(type, new_spec)`` (async, cancelable): run the current job's ``bin/drain`` and return its integer,
-2013 style: the director sleeps that many seconds, or for a negative N sleeps |N| and asks
-``drain("status")`` again until the value is >= 0 (protocol.md §7).
+"""``drain(type, new_spec)`` (async, cancelable): run the jobs' ``bin/drain`` scripts (protocol.md §7).
+
+One job with a drain script (the deck's 2013 contract): the action returns that script's integer unchanged.
+The director sleeps a positive N, or for a negative N sleeps |N| and asks ``drain("status")`` again (which
+re-runs the script with ``job_check_status hash_unchanged``) until the value is >= 0.
+
+Several jobs with a drain script (today's bosh-agent, ``agent/script/drain/concrete_script.go``): each script
+runs on its own, all in parallel, and the agent does the waiting per script: a negative N makes the agent sleep
+|N| and run THAT script again with ``job_check_status hash_unchanged`` (no ``BOSH_JOB_NEXT_STATE``) until it
+answers >= 0; then the agent sleeps that positive value. The action returns 0 once every script is done, so
+the director has nothing left to wait for: a job answering 5 and a job answering -2 then 0 take ~5 s in all,
+not 7. ``drain status`` with several scripts runs each with ``job_check_status`` and the same loop, and
+returns 0.
 
 Order: unmonitor every vcap service (not for ``status``) so monit does not restart what the script stops;
 for ``shutdown`` publish ``hm.agent.shutdown.<id>`` first; then run the scripts.
 
 argv: ``update``   -> ``job_new|job_changed  hash_new|hash_unchanged|hash_changed  [updated packages...]``
       ``shutdown`` -> ``job_shutdown hash_unchanged``
-      ``status``   -> ``job_check_status hash_unchanged``
+      ``status``   -> ``job_check_status hash_unchanged`` (also the agent's own re-runs of one script)
 env:  ``BOSH_JOB_STATE`` / ``BOSH_JOB_NEXT_STATE`` = ``{"persistent_disk":N}`` of the current / new spec
-      (no NEXT_STATE without a new spec, so none for ``status``), PATH=/usr/sbin:/usr/bin:/sbin:/bin over
-      the agent's environment.
+      (no NEXT_STATE without a new spec, so none for ``status`` and the agent's re-runs),
+      PATH=/usr/sbin:/usr/bin:/sbin:/bin over the agent's environment.
 output: stdout, trimmed, must be a signed integer, else "Script did not return a signed integer: '...'".
-Several jobs with a drain script run in parallel (as in BOSH); the result is the most negative value if any
-is negative (the director re-checks soonest), else the largest wait. If some fail: "N of M drain scripts
-failed. Failed Jobs: a. Successful Jobs: b." (one job: its own error).
+If some fail: "N of M drain scripts failed. Failed Jobs: a. Successful Jobs: b." (one job: its own error);
+a failing script does not stop the others.
 Cancel (``cancel_task``): each script runs in its own process group; the group gets SIGTERM, then SIGKILL
-after 10 s; the task ends failed ("task canceled") and ``get_task`` says so.
+after 10 s; the agent's sleeps between re-runs end at once; the task ends failed ("task canceled") and
+``get_task`` says so.
 """
 from __future__ import annotations
 
@@ -44,7 +54,7 @@ def drain_argv(kind: str, current: ApplySpec, new: ApplySpec | None) -> list[str
     if kind == "shutdown":
         return ["job_shutdown", "hash_unchanged"]
     if kind == "status":
-        return ["job_check_status", "hash_unchanged"]
+        return list(STATUS_ARGV)
     new = new or {}
     job_change = "job_new" if not job_names(current) else "job_changed"
     old_hash, new_hash = current.get("configuration_hash"), new.get("configuration_hash")
@@ -78,9 +88,7 @@ def parse_drain_output(stdout: str) -> int:
     return int(text)
 
 
-def combine(values: list[int]) -> int:
-    negative = [v for v in values if v < 0]
-    return min(negative) if negative else max(values, default=0)
+STATUS_ARGV = ["job_check_status", "hash_unchanged"]
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -105,7 +113,7 @@ async def run_drain_script(path: Path, argv: list[str], env: dict[str, str]) -> 
         _signal_group(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), CANCEL_GRACE)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("Drain script %s still running after %.0f s: SIGKILL", path, CANCEL_GRACE)
         _signal_group(proc.pid, signal.SIGKILL)   # the script's children too, even if it is gone
         await proc.wait()
@@ -118,26 +126,46 @@ async def run_drain_script(path: Path, argv: list[str], env: dict[str, str]) -> 
     return value
 
 
-async def run_all(scripts: list[tuple[str, Path]], argv: list[str], env: dict[str, str]) -> int:
-    """Every job's script in parallel; cancellation reaches (and waits for) all of them."""
-    async def one(path: Path) -> int | str:
+async def drain_until_done(job: str, path: Path, argv: list[str], env: dict[str, str],
+                           status_env: dict[str, str]) -> None:
+    """One job's drain, the agent doing the waiting (today's bosh-agent): while the script answers N < 0, sleep
+    |N| and run it again with ``job_check_status hash_unchanged``; then sleep its N >= 0."""
+    value = await run_drain_script(path, argv, env)
+    while value < 0:
+        log.info("Drain script of job %s returned %d: checking its status again in %d s", job, value, -value)
+        await asyncio.sleep(-value)
+        value = await run_drain_script(path, STATUS_ARGV, status_env)
+    if value > 0:
+        log.info("Drain script of job %s returned %d: waiting %d s", job, value, value)
+        await asyncio.sleep(value)
+    log.info("Drain of job %s done", job)
+
+
+async def run_all(scripts: list[tuple[str, Path]], argv: list[str], env: dict[str, str],
+                  status_env: dict[str, str] | None = None) -> int:
+    """One script: its integer, unchanged (the director waits). Several: each script in parallel until it is
+    done (:func:`drain_until_done`), then 0. Cancellation reaches (and waits for) every script and sleep."""
+    if len(scripts) == 1:
+        return await run_drain_script(scripts[0][1], argv, env)
+    status_env = env if status_env is None else status_env
+
+    async def one(job: str, path: Path) -> str | None:
         try:
-            return await run_drain_script(path, argv, env)
+            await drain_until_done(job, path, argv, env, status_env)
+            return None
         except ActionError as e:
             return str(e)
 
     async with asyncio.TaskGroup() as tg:
-        runs = [tg.create_task(one(path)) for _, path in scripts]
-    results = [r.result() for r in runs]
-    failed = [(job, r) for (job, _), r in zip(scripts, results) if isinstance(r, str)]
+        runs = [tg.create_task(one(job, path)) for job, path in scripts]
+    errors = [r.result() for r in runs]
+    failed = [(job, err) for (job, _), err in zip(scripts, errors, strict=True) if err is not None]
     if failed:
-        if len(scripts) == 1:
-            raise ActionError(failed[0][1])
-        ok = [job for (job, _), r in zip(scripts, results) if not isinstance(r, str)]
+        ok = [job for (job, _), err in zip(scripts, errors, strict=True) if err is None]
         raise ActionError(f"{len(failed)} of {len(scripts)} drain scripts failed. Failed Jobs: "
                           f"{', '.join(j for j, _ in failed)}. Successful Jobs: {', '.join(ok) or 'none'}. "
                           + " ".join(f"{j}: {msg}" for j, msg in failed))
-    return combine([r for r in results if isinstance(r, int)])
+    return 0
 
 
 class Drain(Action):
@@ -169,4 +197,4 @@ class Drain(Action):
             return 0
         argv = drain_argv(kind, current, new_spec if kind == "update" else None)
         env = drain_env(current, new_spec if kind != "status" else None)
-        return await run_all(scripts, argv, env)
+        return await run_all(scripts, argv, env, drain_env(current, None))

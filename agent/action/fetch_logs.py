@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from boshlab.contracts import LogsResult
 from boshlab.dav import BlobstoreError
 
 from ..log import log
@@ -160,7 +161,7 @@ class FetchLogs(Action):
                 out.append(known[t])
         return out
 
-    async def run(self, log_type: str, filters: list[Any] | None = None) -> dict[str, str]:
+    async def run(self, log_type: str, filters: list[Any] | None = None) -> LogsResult:
         sources = self.sources(log_type)
         globs = check_filters(filters)
         patterns = [glob_regex(g) for g in globs]

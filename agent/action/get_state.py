@@ -3,7 +3,9 @@ spec plus ``agent_id``, ``job_state``, ``processes``, ``vm`` and, when full, ``v
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import cast
+
+from boshlab.contracts import StateReply
 
 from ..jobsupervisor import process_entry
 from .base import Action, Arg
@@ -14,10 +16,11 @@ class GetState(Action):
     aliases = ("state",)
     args = (Arg("state type", str, required=False, nullable=True),)
 
-    async def run(self, kind: str | None = None) -> dict[str, Any]:
+    async def run(self, kind: str | None = None) -> StateReply:
         svc = self.services
         settings = svc.settings.settings
-        state: dict[str, Any] = dict(svc.specs.load())
+        # the saved spec as it is (every key kept), then the agent's own keys
+        state = cast(StateReply, dict(svc.specs.load()))
         state["agent_id"] = settings["agent_id"]
         status = await svc.supervisor.status()
         state["job_state"] = svc.supervisor.job_state(status)

@@ -1,7 +1,7 @@
 """``info`` (sync) -> ``{"api_version": 1}``."""
 from __future__ import annotations
 
-from typing import Any
+from boshlab.contracts import InfoReply
 
 from .base import Action
 
@@ -9,5 +9,5 @@ from .base import Action
 class Info(Action):
     name = "info"
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> InfoReply:
         return {"api_version": 1}

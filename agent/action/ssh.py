@@ -10,16 +10,26 @@
   and answers ``{"command": "cleanup", "status": "success"}``. (BOSH selects on the ``bosh_`` name prefix;
   the lab on the home dir ``ssh setup`` made.)
 
+The user regex is the director's (from ``bosh ssh``: BOSH sends ``^bosh_<id>``), but a regex can be
+catastrophic (``(a+)+$``) and Python's ``re`` holds the GIL while it matches, so a thread would not keep the
+event loop free. So: at most ``MAX_REGEX_LENGTH`` (256) characters, compiled here (errors answer at once);
+a plain prefix (``^`` then letters, digits, ``_``, ``-``) is matched here with ``startswith``; any other
+regex is matched in a child Python process, killed after ``Ssh.match_timeout`` (5 s), which answers
+``ssh cleanup: matching user_regex '<regex>' against N users took longer than 5 s`` and deletes nothing.
+
 User names: letters, digits, ``_`` and ``-`` (not first), at most 32, not all digits. The public key must
 be one ``<type> <base64> [comment]`` line whose data really is a key of that type. Every check happens
 before anything changes; a failure after the user was made removes it again.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import json
 import os
 import re
+import sys
 from typing import Any
 
 from ..log import log
@@ -32,6 +42,13 @@ PROTECTED = frozenset({"root", "vcap"})
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com", "ssh-dss")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
+_PREFIX = re.compile(r"\^([A-Za-z0-9_-]*)")
+MAX_REGEX_LENGTH = 256
+# The child: {"regex", "names"} on stdin -> the matching names (a JSON array) on stdout.
+_MATCHER = ("import json, re, sys\n"
+            "a = json.load(sys.stdin)\n"
+            "r = re.compile(a['regex'])\n"
+            "json.dump([n for n in a['names'] if r.search(n)], sys.stdout)\n")
 
 
 def check_user_name(name: Any) -> str:
@@ -70,6 +87,33 @@ def check_public_key(key: Any) -> str:
     return text
 
 
+async def match_users(pattern: str, names: list[str], timeout: float) -> list[str]:
+    """The ``names`` ``pattern`` finds (re.search), within ``timeout`` seconds. The pattern must compile."""
+    prefix = _PREFIX.fullmatch(pattern)
+    if prefix is not None:
+        return [n for n in names if n.startswith(prefix.group(1))]
+    if not names:
+        return []
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", "-c", _MATCHER, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(json.dumps({"regex": pattern, "names": names}).encode())
+    except TimeoutError:
+        raise ActionError(f"ssh cleanup: matching user_regex {pattern!r} against {len(names)} users took longer "
+                          f"than {timeout:g} s") from None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise ActionError(f"ssh cleanup: matching user_regex {pattern!r} failed: "
+                          f"{err.decode(errors='replace')[-300:]}")
+    matched = set(json.loads(out))
+    return [n for n in names if n in matched]
+
+
 def default_ip(settings: Settings) -> str:
     """The IP of the network that is the default gateway, else of the only (or first) network with an IP."""
     nets = settings.get("networks") or {}
@@ -85,6 +129,7 @@ def default_ip(settings: Settings) -> str:
 class Ssh(Action):
     name = "ssh"
     args = (Arg("ssh command", str), Arg("ssh params", dict))
+    match_timeout = 5.0   # seconds for matching the cleanup regex against the users
 
     async def run(self, command: str, params: dict[str, Any]) -> dict[str, str]:
         if command == "setup":
@@ -132,13 +177,17 @@ class Ssh(Action):
             raise ActionError("ssh cleanup: params have no user_regex")
         if not isinstance(pattern, str):
             raise ActionError(f"ssh cleanup: params.user_regex must be a string, got {json_type(pattern)}")
+        if len(pattern) > MAX_REGEX_LENGTH:
+            raise ActionError(f"ssh cleanup: user_regex {pattern[:40]!r}... is {len(pattern)} characters long, "
+                              f"at most {MAX_REGEX_LENGTH} are allowed")
         try:
-            regex = re.compile(pattern)
-        except re.error as e:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as e:
             raise ActionError(f"ssh cleanup: user_regex {pattern!r} is not a valid regular expression: {e}") from None
         base = svc.paths.bosh_ssh
-        doomed = [u.name for u in svc.users.all()
-                  if u.home.parent == base and u.name not in PROTECTED and u.uid != 0 and regex.search(u.name)]
+        candidates = [u.name for u in svc.users.all()
+                      if u.home.parent == base and u.name not in PROTECTED and u.uid != 0]
+        doomed = await match_users(pattern, candidates, self.match_timeout)
         for name in doomed:
             try:
                 await svc.users.delete(name)

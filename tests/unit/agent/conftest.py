@@ -7,8 +7,7 @@ import asyncio
 import copy
 import hashlib
 import os
-import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.disks import DiskError, Mounter
-from agent.jobsupervisor import JobSupervisor, MonitService, MonitStatus, job_state
 from agent.paths import Paths
-from agent.users import UserAdmin, UserEntry, UserError
+from agent.settings import Settings
 from boshlab.dav import DavClient, DavConfig, blob_path
+from tests.support.fakes import HOST_KEY as HOST_KEY  # re-exported: shared with the fake CPI
+from tests.support.fakes import FakeMounter as FakeMounter
+from tests.support.fakes import FakeSupervisor as FakeSupervisor
+from tests.support.fakes import FakeUsers as FakeUsers
 from tests.unit.conftest import Handler  # http_server and nats_server are shared: tests/unit/conftest.py
 
 DATA = Path(__file__).with_name("data")
@@ -33,109 +34,9 @@ def vcap(tmp_path: Path) -> Paths:
     return paths
 
 
-class FakeSupervisor(JobSupervisor):
-    """Records what the agent asks of monit; services are ``{name: MonitService}`` in group vcap."""
-
-    def __init__(self, paths: Paths, services: dict[str, MonitService] | None = None) -> None:
-        self.paths = paths
-        self.services = services or {}
-        self.calls: list[str] = []
-        self.installed: list[tuple[str, str]] = []
-        self.reachable = True
-
-    async def status(self) -> MonitStatus | None:
-        if not self.reachable:
-            return None
-        return MonitStatus("1", dict(self.services), {"vcap": list(self.services)})
-
-    def job_state(self, status: MonitStatus | None) -> str:
-        return job_state(status, self.paths.stopped_marker.exists())
-
-    async def start(self) -> None:
-        self.calls.append("start")
-        for s in self.services.values():
-            s.monitor = 1
-        self.paths.stopped_marker.unlink(missing_ok=True)
-
-    async def stop_and_wait(self) -> None:
-        self.calls.append("stop")
-        for s in self.services.values():
-            s.monitor = 0
-        self.paths.stopped_marker.touch()
-
-    async def unmonitor(self) -> None:
-        self.calls.append("unmonitor")
-        for s in self.services.values():
-            s.monitor = 0
-
-    async def reload(self) -> None:
-        self.calls.append("reload")
-
-    def install_jobs(self, jobs: Sequence[tuple[str, str]]) -> None:
-        self.calls.append("install_jobs")
-        self.installed = list(jobs)
-
-
 @pytest.fixture
 def supervisor(vcap: Paths) -> FakeSupervisor:
     return FakeSupervisor(vcap)
-
-
-class FakeMounter(Mounter):
-    """``bind`` moves the target dir aside and puts a symlink to the source in its place, so files written
-    to /var/vcap/store land on the "disk"; ``unmount`` undoes it. ``volumes`` are the paths that count as
-    mount points of their own (the Docker volumes the CPI mounts at /var/vcap/store_disks/<cid>)."""
-
-    def __init__(self) -> None:
-        self.mounts: dict[Path, Path] = {}
-        self.readonly: set[Path] = set()
-        self.volumes: set[Path] = set()
-        self.calls: list[str] = []
-        self.fail: dict[str, str] = {}   # operation -> error message
-
-    def _check(self, op: str) -> None:
-        if op in self.fail:
-            raise DiskError(self.fail[op])
-
-    @staticmethod
-    def _aside(target: Path) -> Path:
-        return target.with_name(f".{target.name}.under-mount")
-
-    async def bind(self, source: Path, target: Path) -> None:
-        self.calls.append(f"bind {source} {target}")
-        self._check("bind")
-        if target in self.mounts or not target.is_dir() or not source.is_dir():
-            raise DiskError(f"mount: {target}: bad bind")
-        os.rename(target, self._aside(target))
-        os.symlink(source.resolve(), target)
-        self.mounts[target] = source
-
-    async def remount(self, target: Path, readonly: bool) -> None:
-        self.calls.append(f"remount {target} {'ro' if readonly else 'rw'}")
-        self._check("remount")
-        if target not in self.mounts:
-            raise DiskError(f"mount: {target}: not mounted")
-        (self.readonly.add if readonly else self.readonly.discard)(target)
-
-    async def unmount(self, target: Path) -> None:
-        self.calls.append(f"unmount {target}")
-        self._check("unmount")
-        if target not in self.mounts:
-            raise DiskError(f"umount: {target}: not mounted")
-        target.unlink()
-        os.rename(self._aside(target), target)
-        del self.mounts[target]
-        self.readonly.discard(target)
-
-    def is_mount_point(self, path: Path) -> bool:
-        return path in self.mounts or path in self.volumes
-
-    def attach(self, paths: Paths, cid: str) -> Path:
-        """What the Docker CPI does: a volume mounted at /var/vcap/store_disks/<cid>."""
-        vol = paths.base / "store_disks" / cid
-        vol.mkdir(parents=True, exist_ok=True)
-        self.volumes.add(vol)
-        return vol
 
 
 @pytest.fixture
@@ -143,58 +44,9 @@ def mounter() -> FakeMounter:
     return FakeMounter()
 
 
-HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKq0Zx8g9dPrk7v5N5p3E4uX9bM7qk1kW8f7d3hQ2l9a root@vm"
-
-
-class FakeUsers(UserAdmin):
-    """Users in a dict (homes really made under the tmp base dir); root and vcap exist from the start."""
-
-    def __init__(self, host_key: str | None = HOST_KEY) -> None:
-        self.host_key = host_key
-        self.users: dict[str, UserEntry] = {"root": UserEntry("root", 0, 0, Path("/root")),
-                                            "vcap": UserEntry("vcap", 1000, 1000, Path("/home/vcap"))}
-        self.groups: dict[str, tuple[str, ...]] = {}
-        self.calls: list[str] = []
-        self.fail: dict[str, str] = {}
-
-    async def add(self, name: str, base_dir: Path, groups: Sequence[str]) -> UserEntry:
-        self.calls.append(f"add {name}")
-        if "add" in self.fail:
-            raise UserError(self.fail["add"])
-        home = base_dir / name
-        home.mkdir(parents=True)
-        home.chmod(0o700)
-        # our own uid (chown to it works unprivileged); as root a made-up one, as useradd would give
-        uid = os.getuid() or 2000 + len(self.users)
-        entry = UserEntry(name, uid, os.getgid() if os.getuid() else uid, home)
-        self.users[name], self.groups[name] = entry, tuple(groups)
-        return entry
-
-    def get(self, name: str) -> UserEntry | None:
-        return self.users.get(name)
-
-    def all(self) -> list[UserEntry]:
-        return list(self.users.values())
-
-    async def delete(self, name: str) -> None:
-        self.calls.append(f"delete {name}")
-        entry = self.users.pop(name)
-        self.groups.pop(name, None)
-        shutil.rmtree(entry.home, ignore_errors=True)
-
-    def host_public_key(self) -> str:
-        if self.host_key is None:
-            raise UserError("no ssh host public key: is sshd set up?")
-        return self.host_key
-
-
 @pytest.fixture
 def users() -> FakeUsers:
     return FakeUsers()
-
-
-
-
 
 
 @dataclass
@@ -247,7 +99,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
 
 
 def make_settings(blobstore_url: str = "http://127.0.0.1:9", mbus: str = "nats://nats:nats@127.0.0.1:4222",
-                  agent_id: str = "agent-1", heartbeat_interval: float = 30) -> dict[str, Any]:
+                  agent_id: str = "agent-1", heartbeat_interval: float = 30) -> Settings:
     return {
         "agent_id": agent_id, "vm": {"name": "vm-1"}, "mbus": mbus,
         "blobstore": {"provider": "dav", "options": {"endpoint": blobstore_url, "user": "agent", "password": "agent"}},
@@ -273,7 +125,7 @@ class FakePublisher:
 @dataclass
 class FakeRegistry:
     """The director's registry as the agent's SettingsService sees it: edit ``settings``, or set ``error``."""
-    settings: dict[str, Any]
+    settings: Settings
     error: str | None = None
     fetches: int = 0
 
@@ -302,7 +154,7 @@ def services(vcap: Paths, supervisor: FakeSupervisor, dav: FakeDav, mounter: Fak
 
     settings = SettingsService(vcap, fetcher=registry.fetch, retry_delay=0)
     settings.user_data = {"registry": {"endpoint": "http://registry.invalid"}, "instance_id": "vm-1"}
-    settings.use(copy.deepcopy(registry.settings))  # type: ignore[arg-type]
+    settings.use(copy.deepcopy(registry.settings))
     applier = Applier(vcap, lambda: blobstore_client(settings), supervisor)
     return Services(vcap, settings, SpecStore(vcap), supervisor, applier, TaskManager(), FakePublisher(), Vitals(vcap),
                     mounter, users)

@@ -4,14 +4,20 @@ import hashlib
 import json
 import os
 import shutil
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from agent.action.apply import Apply
 from agent.action.base import ActionError
 from agent.applier import ApplyError, bundle_hash
+from agent.paths import Paths
+from agent.spec import ApplySpec
 from boshlab.release import JobSpec, JobTarball
 from boshlab.tarball import tar_files
+
+from .conftest import FakeDav
 
 pytestmark = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby renders the templates")
 
@@ -32,11 +38,12 @@ def redis_package(text: str = "fake redis") -> bytes:
     return tar_files({"./bin/redis-server": f"#!/bin/sh\necho {text}\n"}, {"./bin/redis-server": 0o755})
 
 
-def make_spec(dav, job: bytes, pkg: bytes, props=None, job_sha1=None, pkg_sha1=None, pkg_version="1.1"):
+def make_spec(dav: FakeDav, job: bytes, pkg: bytes, props: dict[str, Any] | None = None, job_sha1: str | None = None,
+              pkg_sha1: str | None = None, pkg_version: str = '1.1') -> ApplySpec:
     job_sha = dav.put("job-blob-1", job)
     pkg_id = f"pkg-blob-{pkg_version}"
     pkg_sha = dav.put(pkg_id, pkg)
-    return {
+    return cast(ApplySpec, {
         "deployment": "redis-solo", "release": {"name": "redis", "version": "1"},
         "job": {"name": "redis", "release": "redis", "template": "redis", "version": "1",
                 "sha1": job_sha1 or job_sha, "blobstore_id": "job-blob-1",
@@ -48,15 +55,15 @@ def make_spec(dav, job: bytes, pkg: bytes, props=None, job_sha1=None, pkg_sha1=N
         "persistent_disk": 0, "configuration_hash": "cfg-1",
         "properties": {"redis": {"port": 7000}} if props is None else props,
         "template_hashes": {"redis": "t"},
-    }
+    })
 
 
-def installed_job(vcap, spec):
+def installed_job(vcap: Paths, spec: ApplySpec) -> Path:
     ref = spec["job"]["templates"][0]
     return vcap.data / "jobs" / "redis" / hashlib.sha1(f"{ref['version']}-{ref['sha1']}".encode()).hexdigest()
 
 
-async def test_apply_installs_renders_and_links(services, vcap, dav):
+async def test_apply_installs_renders_and_links(services: Any, vcap: Paths, dav: FakeDav) -> None:
     spec = make_spec(dav, redis_job(), redis_package())
     assert await Apply(services).run(spec) == "applied"
     job_dir = installed_job(vcap, spec)
@@ -80,7 +87,8 @@ async def test_apply_installs_renders_and_links(services, vcap, dav):
     assert list(vcap.tmp.iterdir()) == []  # staging cleaned up
 
 
-async def test_reapply_with_new_properties_and_package_cleans_old_versions(services, vcap, dav):
+async def test_reapply_with_new_properties_and_package_cleans_old_versions(services: Any, vcap: Paths,
+                                                                           dav: FakeDav) -> None:
     first = make_spec(dav, redis_job(), redis_package())
     await Apply(services).run(first)
     second = make_spec(dav, redis_job(), redis_package("v2"), props={"redis": {"port": 7001, "password": "x"}},
@@ -92,14 +100,14 @@ async def test_reapply_with_new_properties_and_package_cleans_old_versions(servi
     assert (vcap.package_link("redis") / "bin/redis-server").read_text().endswith("echo v2\n")
 
 
-async def test_identity_apply_only_saves_the_spec(services, vcap, dav):
-    spec = {"deployment": "redis-solo", "job": {"name": "redis"}, "index": 0, "id": "uuid-1", "networks": {}}
+async def test_identity_apply_only_saves_the_spec(services: Any, vcap: Paths, dav: FakeDav) -> None:
+    spec: ApplySpec = {"deployment": "redis-solo", "job": {"name": "redis"}, "index": 0, "id": "uuid-1", "networks": {}}
     assert await Apply(services).run(spec) == "applied"
     assert json.loads(vcap.spec.read_text()) == spec
     assert dav.requests == [] and services.supervisor.calls == []
 
 
-async def test_sha1_mismatch_rejects_the_blob_and_installs_nothing(services, vcap, dav):
+async def test_sha1_mismatch_rejects_the_blob_and_installs_nothing(services: Any, vcap: Paths, dav: FakeDav) -> None:
     spec = make_spec(dav, redis_job(), redis_package(), job_sha1="0" * 40)
     real = hashlib.sha1(redis_job()).hexdigest()
     with pytest.raises(ActionError) as e:
@@ -110,7 +118,7 @@ async def test_sha1_mismatch_rejects_the_blob_and_installs_nothing(services, vca
     assert not vcap.spec.exists() and services.supervisor.calls == []
 
 
-async def test_package_sha1_mismatch_leaves_the_installed_job(services, vcap, dav):
+async def test_package_sha1_mismatch_leaves_the_installed_job(services: Any, vcap: Paths, dav: FakeDav) -> None:
     good = make_spec(dav, redis_job(), redis_package())
     await Apply(services).run(good)
     before = (vcap.job_link("redis") / "config/redis.conf").read_text()
@@ -122,7 +130,7 @@ async def test_package_sha1_mismatch_leaves_the_installed_job(services, vcap, da
     assert json.loads(vcap.spec.read_text()) == good
 
 
-async def test_tar_entries_outside_the_target_are_refused(services, vcap, dav):
+async def test_tar_entries_outside_the_target_are_refused(services: Any, vcap: Paths, dav: FakeDav) -> None:
     evil = tar_files({"./bin/ok": "x", "../../escaped": "gotcha"})
     spec = make_spec(dav, redis_job(), evil)
     with pytest.raises(ActionError, match=r"package 'redis' \(blob pkg-blob-1.1\): cannot unpack blob: tar entry "
@@ -132,7 +140,8 @@ async def test_tar_entries_outside_the_target_are_refused(services, vcap, dav):
     assert not (vcap.data / "packages" / "redis").exists() and not vcap.job_link("redis").exists()
 
 
-async def test_render_error_names_job_template_property_before_touching_the_job(services, vcap, dav):
+async def test_render_error_names_job_template_property_before_touching_the_job(services: Any, vcap: Paths,
+                                                                                dav: FakeDav) -> None:
     good = make_spec(dav, redis_job(), redis_package())
     await Apply(services).run(good)
     before = (vcap.job_link("redis") / "config/redis.conf").read_text()
@@ -147,14 +156,14 @@ async def test_render_error_names_job_template_property_before_touching_the_job(
     assert services.supervisor.calls == []
 
 
-async def test_apply_spec_missing_blob_fields(services, dav):
+async def test_apply_spec_missing_blob_fields(services: Any, dav: FakeDav) -> None:
     spec = make_spec(dav, redis_job(), redis_package())
-    del spec["packages"]["redis"]["sha1"]
+    del cast(dict[str, Any], spec["packages"]["redis"])["sha1"]
     with pytest.raises(ActionError, match="Applying: apply spec: package 'redis' has no sha1"):
         await Apply(services).run(spec)
 
 
-async def test_names_cannot_leave_var_vcap(services, vcap, dav):
+async def test_names_cannot_leave_var_vcap(services: Any, vcap: Paths, dav: FakeDav) -> None:
     spec = make_spec(dav, redis_job(), redis_package())
     spec["job"]["templates"][0]["name"] = "../../etc"
     with pytest.raises(ActionError, match=r"Applying: apply spec: job template 0: '../../etc' is not a valid name"):
@@ -165,13 +174,12 @@ async def test_names_cannot_leave_var_vcap(services, vcap, dav):
         await Apply(services).run(spec)
 
 
-async def test_a_broken_job_blob_is_reported(services, dav):
+async def test_a_broken_job_blob_is_reported(services: Any, dav: FakeDav) -> None:
     spec = make_spec(dav, b"not a tarball", redis_package())
     with pytest.raises(ActionError, match="Applying: job 'redis' blob is not a tarball"):
         await Apply(services).run(spec)
 
 
-async def test_apply_error_without_applier_error_type(services, dav):
-    # errors raised inside the applier are ApplyError (the action turns them into "Applying: ...")
+async def test_apply_error_without_applier_error_type(services: Any, dav: FakeDav) -> None:
     with pytest.raises(ApplyError):
         await services.applier.apply({"job": {"templates": [{"name": "x"}]}, "configuration_hash": "c"})

@@ -1,8 +1,10 @@
 """Every message that takes arguments, sent with missing or wrongly typed ones: an exception naming the
 problem, nothing on disk changed, and the agent still answers ping. Extra arguments are ignored."""
+from typing import Any
+
 import pytest
 
-from .conftest import call, snapshot
+from .conftest import FakeMounter, FakeUsers, call, snapshot
 
 SPEC = {"deployment": "d"}
 
@@ -53,7 +55,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("method,args,message", BAD, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(BAD)])
-async def test_bad_arguments(services, users, mounter, method, args, message):
+async def test_bad_arguments(services: Any, users: FakeUsers, mounter: FakeMounter, method: str, args: list[Any],
+                             message: str) -> None:
     root = services.paths.base
     before = snapshot(root)
     reply = await call(services, method, args)
@@ -75,7 +78,7 @@ async def test_bad_arguments(services, users, mounter, method, args, message):
     ("prepare_network_change", ["x"], "ok"),
     ("get_task", ["nope", "extra"], None),
 ])
-async def test_extra_arguments_are_ignored(services, method, args, value):
+async def test_extra_arguments_are_ignored(services: Any, method: str, args: list[Any], value: Any) -> None:
     reply = await call(services, method, args)
     if value is None:
         assert reply == {"exception": {"message": "Action Failed get_task: Task with id nope could not be found"}}

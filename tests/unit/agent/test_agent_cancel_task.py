@@ -2,28 +2,32 @@
 canceled; unknown ids are errors; a queued drain is canceled before it starts."""
 import asyncio
 import os
+from pathlib import Path
+from typing import Any
 
 from agent.action.base import Action
+from agent.paths import Paths
 
 from .conftest import call, wait_for
 from .test_agent_drain import CURRENT, install_drain
 
 
-async def test_cancel_a_running_drain(services, vcap, tmp_path):
-    from agent.dispatcher import Dispatcher, build_registry
+async def test_cancel_a_running_drain(services: Any, vcap: Paths, tmp_path: Path) -> None:
     import json
+
+    from agent.dispatcher import Dispatcher, build_registry
 
     services.specs.save(CURRENT)
     pidfile = tmp_path / "pid"
     install_drain(vcap, f"echo $$ > {pidfile}\nsleep 600\necho 0\n")
-    replies = []
+    replies: list[Any] = []
 
-    async def reply(subject, payload):
+    async def reply(subject: str, payload: bytes) -> None:
         replies.append(json.loads(payload))
 
     d = Dispatcher(build_registry(services), services.tasks, reply)
 
-    async def ask(method, args):
+    async def ask(method: str, args: list[Any]) -> Any:
         return json.loads(await d.dispatch(json.dumps(
             {"protocol": 3, "method": method, "arguments": args, "reply_to": "r"}).encode()))
 
@@ -56,7 +60,7 @@ class Sleeper(Action):
         return "slept"
 
 
-async def test_a_queued_drain_is_canceled_before_it_runs(services, vcap, tmp_path):
+async def test_a_queued_drain_is_canceled_before_it_runs(services: Any, vcap: Paths, tmp_path: Path) -> None:
     from agent.action.drain import Drain
     services.specs.save(CURRENT)
     ran = tmp_path / "ran"
@@ -70,7 +74,7 @@ async def test_a_queued_drain_is_canceled_before_it_runs(services, vcap, tmp_pat
     assert not ran.exists()
 
 
-async def test_other_tasks_cannot_be_canceled_and_unknown_ids_are_errors(services):
+async def test_other_tasks_cannot_be_canceled_and_unknown_ids_are_errors(services: Any) -> None:
     reply = await call(services, "cancel_task", ["nope"])
     assert reply == {"exception": {"message": "Action Failed cancel_task: Task with id nope could not be found"}}
     task = services.tasks.submit("sleeper", Sleeper(services).run)

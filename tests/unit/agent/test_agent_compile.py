@@ -2,12 +2,16 @@
 import io
 import os
 import tarfile
+from typing import IO, Any, cast
 
 import pytest
 
 from agent.action.base import ActionError
 from agent.action.compile_package import CompilePackage
+from agent.paths import Paths
 from boshlab.tarball import tar_files
+
+from .conftest import FakeDav
 
 PACKAGING = """set -e
 echo "compiling $BOSH_PACKAGE_NAME $BOSH_PACKAGE_VERSION in $BOSH_COMPILE_TARGET"
@@ -21,10 +25,11 @@ echo "$BOSH_INSTALL_TARGET" > "$BOSH_INSTALL_TARGET/install-target"
 
 def members(data: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        return {m.name: cast(IO[bytes], tar.extractfile(m)).read() for m in tar.getmembers() if m.isfile()}
 
 
-async def test_compile_package_round_trip(services, vcap, dav, monkeypatch):
+async def test_compile_package_round_trip(services: Any, vcap: Paths, dav: FakeDav,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     libfoo = tar_files({"./VERSION": "2.0\n"})
     dep_sha = dav.put("libfoo-blob", libfoo)
     monkeypatch.setenv("LIBFOO", str(vcap.package_link("libfoo")))  # /var/vcap/packages/libfoo on a VM
@@ -49,7 +54,7 @@ async def test_compile_package_round_trip(services, vcap, dav, monkeypatch):
     assert not os.path.lexists(vcap.package_link("libfoo"))
 
 
-async def test_packaging_failure_message(services, dav):
+async def test_packaging_failure_message(services: Any, dav: FakeDav) -> None:
     source = tar_files({"./packaging": "echo out-line\necho err-line >&2\nexit 3\n"})
     sha = dav.put("src", source)
     with pytest.raises(ActionError) as e:
@@ -57,13 +62,13 @@ async def test_packaging_failure_message(services, dav):
     assert str(e.value) == "Command exited with 3; Stdout: out-line\n, Stderr: + echo out-line\n+ echo err-line\nerr-line\n+ exit 3\n"
 
 
-async def test_source_sha1_mismatch(services, dav):
+async def test_source_sha1_mismatch(services: Any, dav: FakeDav) -> None:
     dav.put("src", tar_files({"./packaging": "true\n"}))
     with pytest.raises(ActionError, match=r"Compiling package 'p': package 'p' source: sha1 mismatch for blob src"):
         await CompilePackage(services).run("src", "1" * 40, "p", "1", {})
 
 
-async def test_bad_names_and_deps(services):
+async def test_bad_names_and_deps(services: Any) -> None:
     with pytest.raises(ActionError, match=r"package: '../x' is not a valid name"):
         await CompilePackage(services).run("src", "s", "../x", "1", {})
     with pytest.raises(ActionError, match="dependency 'd' has no blobstore_id"):

@@ -26,7 +26,7 @@ class Replies:
 
 
 @pytest.fixture
-def agent(services):
+def agent(services: Any) -> tuple[Dispatcher, Replies]:
     replies = Replies()
     return Dispatcher(build_registry(services), services.tasks, replies), replies
 
@@ -39,7 +39,7 @@ DECK_SLIDE_10 = {"migrate_disk", "list_disk", "mount_disk", "unmount_disk", "sta
                  "compile_package", "fetch_logs", "ssh", "ping", "start", "stop", "prepare_network_change"}
 
 
-def test_registry_has_the_decks_fourteen_messages_and_task_control(services):
+def test_registry_has_the_decks_fourteen_messages_and_task_control(services: Any) -> None:
     names = set(build_registry(services))
     assert len(DECK_SLIDE_10) == 14 and DECK_SLIDE_10 <= names
     assert names - DECK_SLIDE_10 == {"get_state", "get_task", "cancel_task", "info"}
@@ -53,23 +53,23 @@ def test_registry_has_the_decks_fourteen_messages_and_task_control(services):
     ("cancel_task", False), ("start", False), ("ssh", False), ("prepare_network_change", False),
     ("apply", True), ("stop", True), ("drain", True), ("compile_package", True), ("fetch_logs", True),
     ("mount_disk", True), ("unmount_disk", True), ("migrate_disk", True), ("list_disk", True)])
-def test_sync_and_async_as_in_bosh(services, method, is_async):
+def test_sync_and_async_as_in_bosh(services: Any, method: str, is_async: bool) -> None:
     assert build_registry(services)[method].is_async(3) is is_async
 
 
-async def test_ping_and_info(agent):
+async def test_ping_and_info(agent: tuple[Dispatcher, Replies]) -> None:
     d, _ = agent
     assert await ask(d, "ping") == {"value": "pong"}
     assert await ask(d, "info") == {"value": {"api_version": 1}}
 
 
 @pytest.mark.parametrize("method", ["nope", "run_errand", "Ping"])
-async def test_unknown_message(agent, method):
+async def test_unknown_message(agent: tuple[Dispatcher, Replies], method: str) -> None:
     d, _ = agent
     assert await ask(d, method) == {"exception": {"message": f"unknown message {method}"}}
 
 
-async def test_missing_and_wrong_arguments(agent):
+async def test_missing_and_wrong_arguments(agent: tuple[Dispatcher, Replies]) -> None:
     d, _ = agent
     assert await ask(d, "apply") == {"exception": {"message":
                                                    "Action Failed apply: Not enough arguments, expected 1, got 0"}}
@@ -81,12 +81,13 @@ async def test_missing_and_wrong_arguments(agent):
         "Action Failed compile_package: Not enough arguments, expected 5, got 3"
 
 
-async def test_extra_arguments_are_ignored(agent):
+async def test_extra_arguments_are_ignored(agent: tuple[Dispatcher, Replies]) -> None:
     d, _ = agent
     assert await ask(d, "ping", ["extra", 1]) == {"value": "pong"}
 
 
-async def test_every_request_is_logged_in_the_decks_form(agent, agent_log):
+async def test_every_request_is_logged_in_the_decks_form(agent: tuple[Dispatcher, Replies],
+                                                         agent_log: list[str]) -> None:
     d, _ = agent
     await ask(d, "ping", reply_to="director.x.y.z")
     await ask(d, "nope", ["a", {"b": None}], reply_to="r")
@@ -94,7 +95,7 @@ async def test_every_request_is_logged_in_the_decks_form(agent, agent_log):
                          'INFO: Message: {"method"=>"nope", "arguments"=>["a", {"b"=>nil}], "reply_to"=>"r"}']
 
 
-async def test_unanswerable_messages_are_dropped_and_the_agent_lives_on(agent):
+async def test_unanswerable_messages_are_dropped_and_the_agent_lives_on(agent: tuple[Dispatcher, Replies]) -> None:
     d, replies = agent
     for bad in (b"not json", b'{"method": "ping"}', b"[1,2]", b'{"method": "ping", "reply_to": ""}', b"\xff\xfe"):
         await d.handle(bad)
@@ -137,13 +138,13 @@ class Slow(Action):
         return f"done {label}"
 
 
-def custom(services) -> tuple[Dispatcher, Replies]:
+def custom(services: Any) -> tuple[Dispatcher, Replies]:
     from agent.action.get_task import GetTask
     replies = Replies()
     return Dispatcher(build_registry(services, (Boom, Fails, Slow, GetTask)), services.tasks, replies), replies
 
 
-async def test_sync_errors_become_action_failed(services):
+async def test_sync_errors_become_action_failed(services: Any) -> None:
     d, _ = custom(services)
     assert await ask(d, "fails") == {"exception": {"message": "Action Failed fails: it went wrong"}}
     assert await ask(d, "boom") == {"exception": {"message": "Action Failed boom: ZeroDivisionError: division by zero"}}
@@ -151,7 +152,7 @@ async def test_sync_errors_become_action_failed(services):
                                                                 "Action Failed get_task: Task with id nope could not be found"}}
 
 
-async def test_async_tasks_run_fifo_and_get_task_reports_each_state(services):
+async def test_async_tasks_run_fifo_and_get_task_reports_each_state(services: Any) -> None:
     Slow.log = []
     d, _ = custom(services)
     first = await ask(d, "slow", ["a", 0.1])
@@ -171,7 +172,7 @@ async def test_async_tasks_run_fifo_and_get_task_reports_each_state(services):
     assert await ask(d, "get_task", [ids[2]]) == {"value": "done c"}
 
 
-async def test_cancel_is_only_for_drain(services):
+async def test_cancel_is_only_for_drain(services: Any) -> None:
     replies = Replies()
     d = Dispatcher(build_registry(services), services.tasks, replies)
     services.supervisor.reachable = True
@@ -184,7 +185,7 @@ async def test_cancel_is_only_for_drain(services):
     assert await ask(d, "get_task", [task_id]) == {"value": "stopped"}
 
 
-async def test_list_disk_is_async_only_with_protocol_3(services):
+async def test_list_disk_is_async_only_with_protocol_3(services: Any) -> None:
     d = Dispatcher(build_registry(services), services.tasks, Replies())
     assert await ask(d, "list_disk", protocol=2) == {"value": []}
     reply = await ask(d, "list_disk", protocol=3)
@@ -193,13 +194,15 @@ async def test_list_disk_is_async_only_with_protocol_3(services):
     assert await ask(d, "get_task", [task_id]) == {"value": []}
 
 
-async def test_task_manager_forgets_only_finished_tasks():
+async def test_task_manager_forgets_only_finished_tasks() -> None:
     tm = TaskManager(keep=2)
 
     async def quick() -> int:
         return 1
     tasks = [tm.submit("x", quick) for _ in range(4)]
     await wait_for(lambda: all(t.state == "done" for t in tasks))
+    assert list(tm.tasks) == [tasks[2].id, tasks[3].id]     # the last 2 finished ones
     last = tm.submit("x", quick)
-    assert len(tm.tasks) == 2 and tasks[0].id not in tm.tasks
+    assert list(tm.tasks) == [tasks[2].id, tasks[3].id, last.id]
     await wait_for(lambda: last.state == "done")
+    assert list(tm.tasks) == [tasks[3].id, last.id]

@@ -4,15 +4,18 @@ import hashlib
 import io
 import os
 import tarfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.action.fetch_logs import _Padded, glob_regex
+from agent.paths import Paths
 
-from .conftest import call
+from .conftest import FakeDav, call
 
 
-def logs(vcap):
+def logs(vcap: Paths) -> None:
     job = vcap.job_logs / "redis"
     (job / "archive").mkdir(parents=True)
     (job / "redis.log").write_text("ready to accept connections\n")
@@ -25,7 +28,7 @@ def logs(vcap):
     (vcap.agent_logs / "current").write_text('#[1] INFO: Message: {"method"=>"ping"}\n')
 
 
-async def fetch(services, dav, *args):
+async def fetch(services: Any, dav: FakeDav, *args: Any) -> tuple[dict[str, Any], Any]:
     reply = await call(services, "fetch_logs", list(args))
     if "exception" in reply:
         return reply, None
@@ -45,14 +48,16 @@ async def fetch(services, dav, *args):
     (["job", ["**/old.*"]], {"./redis/archive/old.log.gz"}),
     (["job", ["nothing-matches"]], set()),
 ])
-async def test_log_types_and_filters(services, vcap, dav, args, names):
+async def test_log_types_and_filters(services: Any, vcap: Paths, dav: FakeDav, args: list[Any],
+                                     names: set[str]) -> None:
     logs(vcap)
     reply, tar = await fetch(services, dav, *args)
     assert set(reply["value"]) == {"blobstore_id", "sha1"}
     assert set(tar.getnames()) == names
 
 
-async def test_files_keep_content_mode_and_time_and_the_tarball_is_removed(services, vcap, dav):
+async def test_files_keep_content_mode_and_time_and_the_tarball_is_removed(services: Any, vcap: Paths,
+                                                                           dav: FakeDav) -> None:
     logs(vcap)
     _, tar = await fetch(services, dav, "job")
     info = tar.getmember("./redis/redis.log")
@@ -62,7 +67,8 @@ async def test_files_keep_content_mode_and_time_and_the_tarball_is_removed(servi
     assert [m for m, _ in dav.requests] == ["PUT"]
 
 
-async def test_symlinks_are_stored_as_links_never_followed(services, vcap, dav, tmp_path):
+async def test_symlinks_are_stored_as_links_never_followed(services: Any, vcap: Paths, dav: FakeDav,
+                                                           tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("not a log")
     (vcap.job_logs / "evil").mkdir(parents=True)
@@ -85,14 +91,15 @@ async def test_symlinks_are_stored_as_links_never_followed(services, vcap, dav, 
     ([7], "argument 1 (log type) must be a string, got an integer"),
     ([], "Not enough arguments, expected 1, got 0"),
 ])
-async def test_bad_arguments_name_the_problem_and_upload_nothing(services, vcap, dav, args, message):
+async def test_bad_arguments_name_the_problem_and_upload_nothing(services: Any, vcap: Paths, dav: FakeDav,
+                                                                 args: list[Any], message: str) -> None:
     logs(vcap)
     reply = await call(services, "fetch_logs", args)
     assert message in reply["exception"]["message"]
     assert dav.requests == [] and list(vcap.tmp.iterdir()) == []
 
 
-async def test_blobstore_failure(services, vcap, dav):
+async def test_blobstore_failure(services: Any, vcap: Paths, dav: FakeDav) -> None:
     services.settings.settings["blobstore"]["options"]["password"] = "wrong"
     reply = await call(services, "fetch_logs", ["agent"])
     assert "Uploading the logs tarball: uploading blob" in reply["exception"]["message"]
@@ -109,12 +116,12 @@ async def test_blobstore_failure(services, vcap, dav):
     ("[!ab].log", ["c.log"], ["a.log"]),
     ("a+b(c).log", ["a+b(c).log"], ["aab(c).log"]),
 ])
-def test_glob_regex(glob, matches, misses):
+def test_glob_regex(glob: str, matches: list[str], misses: list[str]) -> None:
     rx = glob_regex(glob)
     assert all(rx.fullmatch(m) for m in matches), glob
     assert not any(rx.fullmatch(m) for m in misses), glob
 
 
-def test_a_file_that_shrinks_while_read_is_padded():
+def test_a_file_that_shrinks_while_read_is_padded() -> None:
     padded = _Padded(io.BytesIO(b"abc"), 6)
     assert padded.read(4) + padded.read(10) + padded.read(10) == b"abc\0\0\0"

@@ -1,18 +1,24 @@
 """The heartbeat payload (§1.3) with vitals computed from a fake /proc, and the sent/delivered log lines."""
 import json
 import os
+from pathlib import Path
+from typing import cast
 
 import pytest
 
 from agent.heartbeat import Heartbeater, collect_payload, heartbeat_payload
 from agent.jobsupervisor import MonitService
+from agent.paths import Paths
+from agent.spec import ApplySpec
 from agent.vitals import Vitals, mount_points
+from boshlab.contracts import DiskUsage, Heartbeat
+from boshlab.contracts import Vitals as VitalsReport
 
 from .conftest import FakePublisher, FakeSupervisor
 
 
 @pytest.fixture
-def proc(tmp_path, vcap):
+def proc(tmp_path: Path, vcap: Paths) -> Path:
     p = tmp_path / "proc"
     (p / "self").mkdir(parents=True)
     (p / "stat").write_text("cpu  700 100 200 8800 100 50 50 0 0 0\ncpu0 1 2 3 4\n")
@@ -27,7 +33,7 @@ def proc(tmp_path, vcap):
     return p
 
 
-def test_vitals_shape_and_values(vcap, proc):
+def test_vitals_shape_and_values(vcap: Paths, proc: Path) -> None:
     v = Vitals(vcap, proc).collect()
     # cpu since boot: total 10000 jiffies; user+nice 800, system+irq+softirq 300, iowait 100
     assert v["cpu"] == {"sys": "3.0", "user": "8.0", "wait": "1.0"}
@@ -36,37 +42,39 @@ def test_vitals_shape_and_values(vcap, proc):
     assert v["swap"] == {"kb": "750", "percent": "75"}
     assert v["uptime"] == {"secs": 5021}
     assert set(v["disk"]) == {"system", "persistent"}  # /var/vcap/data is no mount point here
-    for d in v["disk"].values():
+    for d in cast(dict[str, DiskUsage], v["disk"]).values():
         assert set(d) == {"inode_percent", "percent"} and d["percent"].isdigit()
 
 
-def test_cpu_is_the_delta_since_the_previous_sample(vcap, proc):
+def test_cpu_is_the_delta_since_the_previous_sample(vcap: Paths, proc: Path) -> None:
     vitals = Vitals(vcap, proc)
     vitals.collect()
     (proc / "stat").write_text("cpu  750 150 300 9700 100 50 50 0\n")  # +100 user, +100 sys, +900 idle
     assert vitals.collect()["cpu"] == {"sys": "9.1", "user": "9.1", "wait": "0.0"}  # 100 of 1100
 
 
-def test_mount_points_unescape(proc):
+def test_mount_points_unescape(proc: Path) -> None:
     assert "/with space" in mount_points(proc)
 
 
-def test_payload_before_and_after_apply():
-    vitals = {"cpu": {}}
-    assert heartbeat_payload({}, "running", vitals, None) == {
+def test_payload_before_and_after_apply() -> None:
+    vitals = cast(VitalsReport, {"cpu": {}})
+    before: Heartbeat = {
         "deployment": "", "job": None, "index": None, "job_state": "running", "vitals": vitals, "node_id": "",
         "number_of_processes": None}
-    spec = {"deployment": "redis-solo", "job": {"name": "redis"}, "index": 0, "id": "uuid-1"}
-    assert heartbeat_payload(spec, "failing", vitals, 2) == {
+    assert heartbeat_payload({}, "running", vitals, None) == before
+    spec: ApplySpec = {"deployment": "redis-solo", "job": {"name": "redis"}, "index": 0, "id": "uuid-1"}
+    after: Heartbeat = {
         "deployment": "redis-solo", "job": "redis", "index": 0, "job_state": "failing", "vitals": vitals,
         "node_id": "uuid-1", "number_of_processes": 2}
+    assert heartbeat_payload(spec, "failing", vitals, 2) == after
 
 
-async def test_heartbeat_sent_and_delivered(vcap, proc, agent_log):
+async def test_heartbeat_sent_and_delivered(vcap: Paths, proc: Path, agent_log: list[str]) -> None:
     sup = FakeSupervisor(vcap, {"redis": MonitService("redis", monitor=1)})
     vitals = Vitals(vcap, proc)
     pub = FakePublisher()
-    spec = {"deployment": "d", "job": {"name": "redis"}, "index": 0, "id": "n"}
+    spec: ApplySpec = {"deployment": "d", "job": {"name": "redis"}, "index": 0, "id": "n"}
     hb = Heartbeater(pub, "agent-1", lambda: collect_payload(spec, sup, vitals), interval=30)
     await hb.beat_with_retries(1)
     assert len(pub.published) == 1
@@ -84,7 +92,7 @@ async def test_heartbeat_sent_and_delivered(vcap, proc, agent_log):
     assert json.loads(pub.published[1][1])["job_state"] == "unknown"
 
 
-async def test_failed_heartbeats_are_retried_and_never_raise(vcap, agent_log):
+async def test_failed_heartbeats_are_retried_and_never_raise(vcap: Paths, agent_log: list[str]) -> None:
     class Flaky(FakePublisher):
         fails = 2
 
@@ -94,8 +102,8 @@ async def test_failed_heartbeats_are_retried_and_never_raise(vcap, agent_log):
                 raise ConnectionError("nats down")
             await super().publish(subject, payload)
 
-    async def payload():
-        return {"x": 1}
+    async def payload() -> Heartbeat:
+        return cast(Heartbeat, {"x": 1})
     pub = Flaky()
     hb = Heartbeater(pub, "a", payload, interval=30, retry_delay=0.001)
     await hb.beat_with_retries(3)
@@ -106,7 +114,7 @@ async def test_failed_heartbeats_are_retried_and_never_raise(vcap, agent_log):
     assert len(pub.published) == 1
 
 
-def test_real_proc_vitals_work_here(vcap):
+def test_real_proc_vitals_work_here(vcap: Paths) -> None:
     v = Vitals(vcap).collect()
     assert "system" in v["disk"] or not os.path.ismount("/")
     assert float(v["mem"]["percent"]) >= 0

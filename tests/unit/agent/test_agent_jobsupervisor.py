@@ -2,12 +2,16 @@
 (CSRF token, 302, incarnation on reload) against a small fake of monit's httpd."""
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from agent.jobsupervisor import (JobSupervisorError, MonitClient, MonitJobSupervisor, MonitService, MonitStatus,
                                  add_onreboot_nostart, job_state, monit_pidfiles, parse_status, process_entry)
+from agent.paths import Paths
+from tests.unit.conftest import Handler
 
 from .conftest import DATA
 
@@ -16,7 +20,7 @@ from .conftest import DATA
 RECORDED = (DATA / "monit_status_5.33.xml").read_bytes()
 
 
-def test_parse_recorded_status():
+def test_parse_recorded_status() -> None:
     st = parse_status(RECORDED)
     assert st.incarnation == "1795900631"
     assert st.groups == {"vcap": ["dummy2", "dummy"]}
@@ -29,7 +33,7 @@ def test_parse_recorded_status():
     assert len(st.services) == 3  # the system service is parsed but is not a job
 
 
-def test_job_state_rules():
+def test_job_state_rules() -> None:
     def status(*services: MonitService) -> MonitStatus:
         return MonitStatus("1", {s.name: s for s in services}, {"vcap": [s.name for s in services]})
     running = MonitService("a", status=0, monitor=1)
@@ -44,7 +48,7 @@ def test_job_state_rules():
     assert job_state(parse_status(RECORDED), stopped=False) == "failing"  # dummy2 is not monitored
 
 
-def test_process_entry_shape():
+def test_process_entry_shape() -> None:
     entry = process_entry(parse_status(RECORDED).services["dummy"])
     assert entry["name"] == "dummy" and entry["state"] == "running"
     assert set(entry) == {"name", "state", "uptime", "mem", "cpu"}
@@ -52,7 +56,7 @@ def test_process_entry_shape():
     assert entry["uptime"]["secs"] > 0
 
 
-def test_onreboot_nostart_is_added_to_every_check_without_one():
+def test_onreboot_nostart_is_added_to_every_check_without_one() -> None:
     monit = ("check process redis\n  with pidfile /var/vcap/sys/run/redis/redis.pid\n"
              '  start program "/var/vcap/jobs/redis/bin/redis_ctl start"\n  group vcap\n\n'
              "check process other with pidfile /x.pid\n  onreboot laststate\n  group vcap\n"
@@ -64,7 +68,7 @@ def test_onreboot_nostart_is_added_to_every_check_without_one():
                    "check file cfg with path /etc/x\n  group vcap\n  onreboot nostart\n# trailing comment\n")
 
 
-def test_install_jobs_numbers_from_the_end(vcap):
+def test_install_jobs_numbers_from_the_end(vcap: Paths) -> None:
     sup = MonitJobSupervisor(vcap)
     (vcap.monit_jobs / "0005_old.monitrc").write_text("x")
     sup.install_jobs([("a", "check process a\n"), ("b", "check process b\n")])
@@ -119,8 +123,11 @@ class FakeMonit:
         return web.Response(status=404)
 
 
+Monit = tuple[FakeMonit, MonitJobSupervisor]   # the fake monit HTTP API and a supervisor talking to it
+
+
 @pytest.fixture
-async def monit(vcap, http_server):
+async def monit(vcap: Paths, http_server: Callable[[Handler], Awaitable[str]]) -> Monit:
     fake = FakeMonit()
     url = await http_server(fake.handler)
     vcap.monit_user.write_text("vcap:s3cret\n")
@@ -128,7 +135,7 @@ async def monit(vcap, http_server):
                                     reload_command=[sys.executable, "-c", "pass"])
 
 
-async def test_start_stop_unmonitor_through_the_http_api(vcap, monit, agent_log):
+async def test_start_stop_unmonitor_through_the_http_api(vcap: Paths, monit: Monit, agent_log: list[str]) -> None:
     fake, sup = monit
     vcap.stopped_marker.touch()
     assert sup.job_state(await sup.status()) == "stopped"
@@ -146,7 +153,7 @@ async def test_start_stop_unmonitor_through_the_http_api(vcap, monit, agent_log)
         "INFO: Job state: (boot) -> stopped", "INFO: Job state: stopped -> running", "INFO: Job state: running -> stopped"]
 
 
-async def test_stop_after_drain_monitors_live_services_again_first(vcap, monit, tmp_path):
+async def test_stop_after_drain_monitors_live_services_again_first(vcap: Paths, monit: Monit, tmp_path: Path) -> None:
     fake, sup = monit
     fake.services["dead"] = {"status": 0, "monitor": 0, "pending": 0}
     fake.services["redis"]["monitor"] = 0  # drain unmonitored it; its process still runs
@@ -162,7 +169,7 @@ async def test_stop_after_drain_monitors_live_services_again_first(vcap, monit, 
     assert fake.services["dead"]["monitor"] == 0
 
 
-async def test_stop_times_out_with_a_clear_message(vcap, monit):
+async def test_stop_times_out_with_a_clear_message(vcap: Paths, monit: Monit) -> None:
     fake, sup = monit
     fake.stop_polls = 10**9
     fake.services["redis"]["monitor"] = 1
@@ -171,14 +178,14 @@ async def test_stop_times_out_with_a_clear_message(vcap, monit):
         await sup.stop_and_wait()
 
 
-async def test_wrong_credentials_or_no_monit_is_unknown(vcap, monit):
+async def test_wrong_credentials_or_no_monit_is_unknown(vcap: Paths, monit: Monit) -> None:
     fake, sup = monit
     vcap.monit_user.write_text("vcap:wrong\n")
     assert await sup.status() is None
     assert sup.job_state(None) == "unknown"
 
 
-async def test_reload_waits_for_a_new_incarnation(vcap, monit, tmp_path):
+async def test_reload_waits_for_a_new_incarnation(vcap: Paths, monit: Monit, tmp_path: Path) -> None:
     fake, sup = monit
     flag = tmp_path / "reloaded"
     sup.reload_command = [sys.executable, "-c", f"open({str(flag)!r}, 'w').close()"]
@@ -194,7 +201,7 @@ async def test_reload_waits_for_a_new_incarnation(vcap, monit, tmp_path):
     assert fake.incarnation == 101
 
 
-async def test_reload_fails_when_the_incarnation_never_changes(vcap, monit):
+async def test_reload_fails_when_the_incarnation_never_changes(vcap: Paths, monit: Monit) -> None:
     fake, sup = monit
     sup.reload_wait = 0.05
     with pytest.raises(JobSupervisorError, match="did not reload"):

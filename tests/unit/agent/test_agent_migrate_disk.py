@@ -1,15 +1,17 @@
 """migrate_disk: old disk read-only, real tar copy (modes, times, links, empty dirs), new disk at store."""
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.disks import DiskError, same_dir
 
-from .conftest import call
+from .conftest import FakeMounter, FakeRegistry, call
 from .test_agent_mount_disk import attach
 
 
-def fill(root):
+def fill(root: Path) -> None:
     (root / "redis" / "empty").mkdir(parents=True)
     (root / "redis" / "dump.rdb").write_bytes(os.urandom(100_000))
     (root / "redis" / "dump.rdb").chmod(0o600)
@@ -20,8 +22,8 @@ def fill(root):
     (root / ".hidden").write_text("dot files too")
 
 
-def listing(root):
-    out = {}
+def listing(root: Path) -> dict[str, tuple[int, int, int, int, str | bytes | None]]:
+    out: dict[str, tuple[int, int, int, int, str | bytes | None]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
@@ -31,7 +33,8 @@ def listing(root):
     return out
 
 
-async def test_migrate_copies_everything_and_moves_the_new_disk_to_store(services, registry, mounter):
+async def test_migrate_copies_everything_and_moves_the_new_disk_to_store(services: Any, registry: FakeRegistry,
+                                                                         mounter: FakeMounter) -> None:
     vcap = services.paths
     old, new = attach(registry, services, mounter, "old"), attach(registry, services, mounter, "new")
     await call(services, "mount_disk", ["old"])
@@ -54,7 +57,9 @@ async def test_migrate_copies_everything_and_moves_the_new_disk_to_store(service
     ([], "Migrating persistent disk: no disk is mounted at"),
     (["old"], "no new disk is mounted at"),
 ])
-async def test_migrate_needs_both_disks_mounted(services, registry, mounter, mounted, message):
+async def test_migrate_needs_both_disks_mounted(services: Any, registry: FakeRegistry, mounter: FakeMounter,
+                                                mounted: list[str],
+                                               message: str) -> None:
     attach(registry, services, mounter, "old")
     attach(registry, services, mounter, "new")
     for cid in mounted:
@@ -66,15 +71,17 @@ async def test_migrate_needs_both_disks_mounted(services, registry, mounter, mou
 
 
 @pytest.mark.parametrize("failure", ["copy", "unmount"])
-async def test_a_failed_migration_leaves_the_old_disk_writable_at_store(services, registry, mounter, monkeypatch,
-                                                                         failure):
+async def test_a_failed_migration_leaves_the_old_disk_writable_at_store(services: Any, registry: FakeRegistry,
+                                                                        mounter: FakeMounter,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        failure: str) -> None:
     vcap = services.paths
     old = attach(registry, services, mounter, "old")
     attach(registry, services, mounter, "new")
     await call(services, "mount_disk", ["old"])
     await call(services, "mount_disk", ["new"])
     if failure == "copy":
-        async def broken(src, dst):
+        async def broken(src: Path, dst: Path) -> None:
             raise DiskError("copying failed: tar -x exited with 2 (No space left on device)")
         monkeypatch.setattr("agent.disks.tar_copy", broken)
     else:

@@ -1,21 +1,27 @@
 """mount_disk: re-reads the registry, binds /var/vcap/store_disks/<cid> at /var/vcap/store (or at the
 migration target when a disk is there), records the cid; every error names the cid and changes nothing."""
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from agent.disks import PersistentDisks
 
-from .conftest import call, snapshot
+from .conftest import FakeMounter, FakeRegistry, call, snapshot
 
 
-def attach(registry, services, mounter, cid="disk-1", shape="object"):
+def attach(registry: FakeRegistry, services: Any, mounter: FakeMounter, cid: str = 'disk-1',
+           shape: str = 'object') -> Path:
     """What the director does: the CPI mounts the volume, the registry names it (the agent's cached
     settings do not know it yet)."""
     vol = mounter.attach(services.paths, cid)
-    registry.settings["disks"]["persistent"][cid] = {"path": str(vol)} if shape == "object" else str(vol)
+    persistent: dict[str, Any] = registry.settings["disks"]["persistent"]   # the agent takes a bare path too
+    persistent[cid] = {"path": str(vol)} if shape == "object" else str(vol)
     return vol
 
 
-async def test_mount_reads_the_registry_again_and_binds_the_disk_at_store(services, registry, mounter):
+async def test_mount_reads_the_registry_again_and_binds_the_disk_at_store(services: Any, registry: FakeRegistry,
+                                                                          mounter: FakeMounter) -> None:
     vol = attach(registry, services, mounter)
     assert "disk-1" not in services.settings.settings["disks"]["persistent"]
     fetches = registry.fetches
@@ -30,13 +36,14 @@ async def test_mount_reads_the_registry_again_and_binds_the_disk_at_store(servic
     assert await call(services, "list_disk") == {"value": ["disk-1"]}
 
 
-async def test_a_bare_path_as_the_disk_entry_works_too(services, registry, mounter):
+async def test_a_bare_path_as_the_disk_entry_works_too(services: Any, registry: FakeRegistry,
+                                                       mounter: FakeMounter) -> None:
     attach(registry, services, mounter, shape="string")
     assert await call(services, "mount_disk", ["disk-1"]) == {"value": {}}
     assert services.paths.store in mounter.mounts
 
 
-async def test_mounting_a_mounted_disk_is_a_no_op(services, registry, mounter):
+async def test_mounting_a_mounted_disk_is_a_no_op(services: Any, registry: FakeRegistry, mounter: FakeMounter) -> None:
     attach(registry, services, mounter)
     await call(services, "mount_disk", ["disk-1"])
     assert await call(services, "mount_disk", ["disk-1"]) == {"value": {}}
@@ -44,7 +51,8 @@ async def test_mounting_a_mounted_disk_is_a_no_op(services, registry, mounter):
                                                                   f"{services.paths.store}"]
 
 
-async def test_a_second_disk_goes_to_the_migration_target(services, registry, mounter):
+async def test_a_second_disk_goes_to_the_migration_target(services: Any, registry: FakeRegistry,
+                                                          mounter: FakeMounter) -> None:
     old = attach(registry, services, mounter, "old")
     new = attach(registry, services, mounter, "new")
     await call(services, "mount_disk", ["old"])
@@ -65,7 +73,9 @@ async def test_a_second_disk_goes_to_the_migration_target(services, registry, mo
     ("relative-path", "Persistent disk 'disk-1' has no absolute path in the settings"),
     ("bind-fails", "Mounting persistent disk 'disk-1' at"),
 ])
-async def test_errors_name_the_disk_and_change_nothing(services, registry, mounter, setup, message):
+async def test_errors_name_the_disk_and_change_nothing(services: Any, registry: FakeRegistry, mounter: FakeMounter,
+                                                       setup: str,
+                                                      message: str) -> None:
     vcap = services.paths
     if setup == "no-volume-dir":
         registry.settings["disks"]["persistent"]["disk-1"] = {"path": str(vcap.base / "store_disks" / "disk-1")}
@@ -88,7 +98,8 @@ async def test_errors_name_the_disk_and_change_nothing(services, registry, mount
         {k: v for k, v in before.items() if k != "bosh/settings.json"}
 
 
-async def test_registry_down_uses_the_settings_it_has_and_says_so(services, registry, mounter, agent_log):
+async def test_registry_down_uses_the_settings_it_has_and_says_so(services: Any, registry: FakeRegistry,
+                                                                  mounter: FakeMounter, agent_log: list[str]) -> None:
     vol = mounter.attach(services.paths, "known")
     services.settings.settings["disks"]["persistent"]["known"] = {"path": str(vol)}
     registry.error = "registry answered 500"
@@ -98,11 +109,11 @@ async def test_registry_down_uses_the_settings_it_has_and_says_so(services, regi
     assert "could not be found in the settings (the settings could not be re-read: " in reply["exception"]["message"]
 
 
-async def test_empty_cid(services):
+async def test_empty_cid(services: Any) -> None:
     assert "disk cid must not be empty" in (await call(services, "mount_disk", [" "]))["exception"]["message"]
 
 
-async def test_boot_remounts_the_recorded_disk(services, registry, mounter):
+async def test_boot_remounts_the_recorded_disk(services: Any, registry: FakeRegistry, mounter: FakeMounter) -> None:
     vol = attach(registry, services, mounter)
     await call(services, "mount_disk", ["disk-1"])
     await mounter.unmount(services.paths.store)          # a restarted container loses its bind mounts
@@ -114,7 +125,8 @@ async def test_boot_remounts_the_recorded_disk(services, registry, mounter):
 
 
 @pytest.mark.parametrize("case", ["no-record", "not-attached", "not-in-settings"])
-async def test_boot_leaves_store_alone_without_an_attached_recorded_disk(services, registry, mounter, case):
+async def test_boot_leaves_store_alone_without_an_attached_recorded_disk(services: Any, registry: FakeRegistry,
+                                                                         mounter: FakeMounter, case: str) -> None:
     vcap = services.paths
     if case != "no-record":
         vcap.managed_disk_settings.write_text("disk-1")

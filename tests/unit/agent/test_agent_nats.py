@@ -4,40 +4,47 @@ director sends them (reply_to = director.<process-uuid>.<agent-id>.<request-uuid
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import nats
 import pytest
 from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
+import nats
 from agent.boot import configure
+from agent.paths import Paths
 from boshlab import wire
+from tests.unit.conftest import Handler, NatsServer
 
 from .conftest import FakeSupervisor, make_settings
 
 
 class Director:
-    def __init__(self, nc, agent_id: str) -> None:
+    def __init__(self, nc: NATS, agent_id: str) -> None:
         self.nc = nc
         self.agent_id = agent_id
         self.process_uuid = str(uuid.uuid4())
-        self.pending: dict[str, asyncio.Future] = {}
+        self.pending: dict[str, asyncio.Future[bytes]] = {}
 
     async def start(self) -> None:
-        async def on_reply(msg):
+        async def on_reply(msg: Msg) -> None:
             fut = self.pending.pop(wire.request_id_of(msg.subject), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg.data)
         await self.nc.subscribe(f"{wire.director_inbox(self.process_uuid)}.>", cb=on_reply)
 
-    async def send(self, method: str, args=None, timeout: float = 10) -> dict:
+    async def send(self, method: str, args: list[Any] | None = None, timeout: float = 10) -> dict[str, Any]:
         request_id = str(uuid.uuid4())
         reply_to = wire.reply_subject(self.process_uuid, self.agent_id, request_id)
         fut = asyncio.get_running_loop().create_future()
         self.pending[request_id] = fut
         await self.nc.publish(wire.agent_subject(self.agent_id), wire.encode_request(method, args or [], reply_to))
-        return json.loads(await asyncio.wait_for(fut, timeout))
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(fut, timeout))
+        return reply
 
-    async def run(self, method: str, args=None) -> dict:
+    async def run(self, method: str, args: list[Any] | None = None) -> dict[str, Any]:
         """Send, then poll get_task every 0.2 s while the task is running (the director's loop)."""
         reply = await self.send(method, args)
         while (task_id := wire.running_task_id(reply.get("value"))) is not None:
@@ -47,7 +54,7 @@ class Director:
 
 
 @pytest.fixture
-async def registry(http_server, nats_server):
+async def registry(http_server: Callable[[Handler], Awaitable[str]], nats_server: NatsServer) -> str:
     settings = make_settings(mbus=nats_server.url, agent_id="agent-rt", heartbeat_interval=0.3)
 
     async def handler(request: web.Request) -> web.Response:
@@ -57,15 +64,15 @@ async def registry(http_server, nats_server):
     return await http_server(handler)
 
 
-async def test_round_trip(vcap, registry, nats_server, agent_log):
+async def test_round_trip(vcap: Paths, registry: str, nats_server: NatsServer, agent_log: list[str]) -> None:
     host = registry.removeprefix("http://")
     vcap.user_data.write_text(json.dumps({"registry": {"endpoint": f"http://admin:admin@{host}"},
                                           "instance_id": "vm-cid-rt", "server": {"name": "vm-rt"}}))
     agent = await configure(vcap, FakeSupervisor(vcap))
-    heartbeats: list[dict] = []
+    heartbeats: list[dict[str, Any]] = []
     nc = await nats.connect(nats_server.url)
     try:
-        async def on_heartbeat(msg):
+        async def on_heartbeat(msg: Msg) -> None:
             heartbeats.append(json.loads(msg.data))
         await nc.subscribe("hm.agent.heartbeat.*", cb=on_heartbeat)
         await nc.flush()

@@ -1,16 +1,22 @@
 """User data -> registry -> settings, with basic auth from the endpoint URL, retries, and the cache."""
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from agent.settings import (SettingsError, SettingsService, heartbeat_interval, infrastructure_summary,
+from agent.paths import Paths
+from agent.settings import (Settings, SettingsError, SettingsService, heartbeat_interval, infrastructure_summary,
                             parse_user_data, split_endpoint)
+from tests.unit.conftest import Handler
 
 from .conftest import make_settings
 
+Registry = tuple[str, dict[str, Any], Settings]   # the registry's URL, its request log and failures, its settings
 
-def test_split_endpoint_moves_credentials_to_a_header():
+
+def test_split_endpoint_moves_credentials_to_a_header() -> None:
     url, auth = split_endpoint("http://admin:p%40ss@director:25889/")
     assert url == "http://director:25889"
     assert auth == {"Authorization": "Basic YWRtaW46cEBzcw=="}  # admin:p@ss
@@ -19,7 +25,7 @@ def test_split_endpoint_moves_credentials_to_a_header():
         split_endpoint("ftp://x")
 
 
-def test_user_data_must_name_registry_and_instance():
+def test_user_data_must_name_registry_and_instance() -> None:
     with pytest.raises(SettingsError, match="registry.endpoint"):
         parse_user_data('{"instance_id": "i"}')
     with pytest.raises(SettingsError, match="instance_id"):
@@ -28,16 +34,17 @@ def test_user_data_must_name_registry_and_instance():
         parse_user_data("{")
 
 
-def test_infrastructure_line_is_the_decks_form():
+def test_infrastructure_line_is_the_decks_form() -> None:
     s = make_settings("http://blobstore:25250")
     line = infrastructure_summary(s)
     assert line.startswith('{"networks"=>{"default"=>{"type"=>"dynamic", ')
     assert '"disks"=>{"system"=>"/dev/sda", "ephemeral"=>nil, "persistent"=>{}}' in line
+    # the deck's line, with the passwords masked: each VM's NATS credentials stay out of logs
     assert line.endswith('"blobstore"=>{"provider"=>"dav", "options"=>{"endpoint"=>"http://blobstore:25250", '
-                         '"user"=>"agent", "password"=>"agent"}}, "mbus"=>"nats://nats:nats@127.0.0.1:4222"}')
+                         '"user"=>"agent", "password"=>"***"}}, "mbus"=>"nats://nats:***@127.0.0.1:4222"}')
 
 
-def test_heartbeat_interval_knob():
+def test_heartbeat_interval_knob() -> None:
     assert heartbeat_interval(make_settings(heartbeat_interval=2)) == 2.0
     s = make_settings()
     s["env"] = {}
@@ -47,8 +54,8 @@ def test_heartbeat_interval_knob():
 
 
 @pytest.fixture
-async def registry(http_server):
-    state = {"fail": 2, "requests": []}
+async def registry(http_server: Callable[[Handler], Awaitable[str]]) -> Registry:
+    state: dict[str, Any] = {"fail": 2, "requests": []}
     settings = make_settings()
 
     async def handler(request: web.Request) -> web.Response:
@@ -63,7 +70,7 @@ async def registry(http_server):
     return url, state, settings
 
 
-def write_user_data(vcap, url: str) -> str:
+def write_user_data(vcap: Paths, url: str) -> str:
     host = url.removeprefix("http://")
     raw = json.dumps({"registry": {"endpoint": f"http://reg:s3cret@{host}"}, "instance_id": "vm-cid-1",
                       "server": {"name": "vm-1"}})
@@ -71,7 +78,7 @@ def write_user_data(vcap, url: str) -> str:
     return raw
 
 
-async def test_registry_fetch_retries_then_caches(vcap, registry, agent_log):
+async def test_registry_fetch_retries_then_caches(vcap: Paths, registry: Registry, agent_log: list[str]) -> None:
     url, state, settings = registry
     raw = write_user_data(vcap, url)
     svc = SettingsService(vcap, retry_delay=0.01)
@@ -88,7 +95,7 @@ async def test_registry_fetch_retries_then_caches(vcap, registry, agent_log):
     assert vcap.settings.stat().st_mode & 0o777 == 0o600
 
 
-async def test_gives_up_after_bounded_attempts_without_cache(vcap, registry):
+async def test_gives_up_after_bounded_attempts_without_cache(vcap: Paths, registry: Registry) -> None:
     url, state, _ = registry
     state["fail"] = 100
     write_user_data(vcap, url)
@@ -97,7 +104,7 @@ async def test_gives_up_after_bounded_attempts_without_cache(vcap, registry):
         await svc.load()
 
 
-async def test_connection_refused_falls_back_to_the_cache(vcap):
+async def test_connection_refused_falls_back_to_the_cache(vcap: Paths) -> None:
     vcap.user_data.write_text(json.dumps({"registry": {"endpoint": "http://u:p@127.0.0.1:9"}, "instance_id": "i"}))
     cached = make_settings()
     vcap.settings.write_text(json.dumps(cached))
@@ -105,13 +112,13 @@ async def test_connection_refused_falls_back_to_the_cache(vcap):
     assert await svc.load() == cached
 
 
-async def test_missing_user_data_is_retried_then_fails(vcap):
+async def test_missing_user_data_is_retried_then_fails(vcap: Paths) -> None:
     svc = SettingsService(vcap, attempts=2, retry_delay=0.01)
     with pytest.raises(SettingsError, match="cannot read user data"):
         await svc.load()
 
 
-async def test_prepare_network_change_rereads(vcap, registry):
+async def test_prepare_network_change_rereads(vcap: Paths, registry: Registry) -> None:
     url, state, settings = registry
     state["fail"] = 0
     write_user_data(vcap, url)

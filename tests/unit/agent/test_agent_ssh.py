@@ -1,18 +1,23 @@
 """ssh: setup makes a real-looking user (home under bosh_ssh, groups, authorized_keys 0600) and answers
 BOSH's shape; cleanup removes only bosh_ssh users the regex matches; bad input changes nothing."""
+import asyncio
 import base64
 import os
 import stat
+import time
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from agent.action.ssh import default_ip
+from agent.action.ssh import MAX_REGEX_LENGTH, Ssh, default_ip
+from agent.settings import NetworkSpec, Settings
 
-from .conftest import HOST_KEY, call, snapshot
+from .conftest import HOST_KEY, FakeUsers, call, snapshot
 
 
-def key(kind="ssh-ed25519", comment="me@laptop", body=None):
-    def s(b):
+def key(kind: str = 'ssh-ed25519', comment: str = 'me@laptop', body: bytes | None = None) -> str:
+    def s(b: bytes) -> bytes:
         return len(b).to_bytes(4, "big") + b
     blob = body if body is not None else s(kind.encode()) + s(os.urandom(32))
     return f"{kind} {base64.b64encode(blob).decode()} {comment}".strip()
@@ -21,11 +26,12 @@ def key(kind="ssh-ed25519", comment="me@laptop", body=None):
 PUBLIC_KEY = key()
 
 
-async def test_setup_creates_the_user_and_answers_like_bosh(services, users):
+async def test_setup_creates_the_user_and_answers_like_bosh(services: Any, users: FakeUsers) -> None:
     reply = await call(services, "ssh", ["setup", {"user": "bosh_a1b2", "public_key": PUBLIC_KEY + "\n"}])
     assert reply == {"value": {"command": "setup", "status": "success", "ip": "172.18.0.5",
                                "host_public_key": HOST_KEY}}
     entry = users.get("bosh_a1b2")
+    assert entry is not None
     assert entry.home == services.paths.bosh_ssh / "bosh_a1b2"
     assert users.groups["bosh_a1b2"] == ("vcap", "admin", "bosh_sudoers", "bosh_sshers")
     ssh_dir = entry.home / ".ssh"
@@ -56,7 +62,9 @@ async def test_setup_creates_the_user_and_answers_like_bosh(services, users):
      "public_key data is not a ssh-rsa key"),
     ({"user": "bosh_x", "public_key": PUBLIC_KEY + "\n" + PUBLIC_KEY}, "public_key must be a single line"),
 ])
-async def test_bad_setup_params_name_the_problem_and_change_nothing(services, users, params, message):
+async def test_bad_setup_params_name_the_problem_and_change_nothing(services: Any, users: FakeUsers,
+                                                                    params: dict[str, Any],
+                                                                  message: str) -> None:
     before = snapshot(services.paths.base)
     reply = await call(services, "ssh", ["setup", params])
     assert reply["exception"]["message"].startswith("Action Failed ssh: ")
@@ -64,7 +72,7 @@ async def test_bad_setup_params_name_the_problem_and_change_nothing(services, us
     assert users.calls == [] and snapshot(services.paths.base) == before
 
 
-async def test_no_host_key_or_no_ip_fails_before_the_user_is_made(services, users):
+async def test_no_host_key_or_no_ip_fails_before_the_user_is_made(services: Any, users: FakeUsers) -> None:
     users.host_key = None
     reply = await call(services, "ssh", ["setup", {"user": "bosh_x", "public_key": PUBLIC_KEY}])
     assert "Getting host public key: no ssh host public key" in reply["exception"]["message"]
@@ -75,13 +83,13 @@ async def test_no_host_key_or_no_ip_fails_before_the_user_is_made(services, user
     assert users.calls == []
 
 
-async def test_useradd_failure(services, users):
+async def test_useradd_failure(services: Any, users: FakeUsers) -> None:
     users.fail["add"] = "`useradd ...` exited with 6: group 'bosh_sshers' does not exist"
     reply = await call(services, "ssh", ["setup", {"user": "bosh_x", "public_key": PUBLIC_KEY}])
     assert "ssh setup: Creating user bosh_x: `useradd ...` exited with 6" in reply["exception"]["message"]
 
 
-async def test_cleanup_removes_matching_bosh_ssh_users_only(services, users):
+async def test_cleanup_removes_matching_bosh_ssh_users_only(services: Any, users: FakeUsers) -> None:
     for name in ("bosh_a", "bosh_b", "keep_me"):
         await call(services, "ssh", ["setup", {"user": name, "public_key": PUBLIC_KEY}])
     await users.add("bosh_elsewhere", services.paths.base / "home", ["vcap"])   # not made by ssh setup
@@ -99,11 +107,12 @@ async def test_cleanup_removes_matching_bosh_ssh_users_only(services, users):
     (["cleanup", {}], "ssh cleanup: params have no user_regex"),
     (["cleanup", {"user_regex": ["x"]}], "params.user_regex must be a string, got an array"),
     (["cleanup", {"user_regex": "(unclosed"}], "user_regex '(unclosed' is not a valid regular expression"),
+    (["cleanup", {"user_regex": "^bosh_" + "x" * 251}], "is 257 characters long, at most 256 are allowed"),
     (["reboot", {}], "Unknown command for SSH method: 'reboot' (expected setup or cleanup)"),
     (["setup"], "Not enough arguments, expected 2, got 1"),
     (["setup", "user=x"], "argument 2 (ssh params) must be an object, got a string"),
 ])
-async def test_bad_cleanup_and_commands(services, users, args, message):
+async def test_bad_cleanup_and_commands(services: Any, users: FakeUsers, args: list[Any], message: str) -> None:
     reply = await call(services, "ssh", args)
     assert message in reply["exception"]["message"]
     assert users.calls == []
@@ -114,5 +123,55 @@ async def test_bad_cleanup_and_commands(services, users, args, message):
     ({"only": {"ip": "10.0.0.9", "default": []}}, "10.0.0.9"),
     ({"noip": {"type": "dynamic"}, "x": {"ip": "10.1.1.1"}}, "10.1.1.1"),
 ])
-def test_default_ip(networks, ip):
-    assert default_ip({"networks": networks}) == ip
+def test_default_ip(networks: dict[str, NetworkSpec], ip: str) -> None:
+    assert default_ip(cast(Settings, {"networks": networks})) == ip
+
+
+async def test_a_plain_prefix_regex_as_bosh_sends_it(services: Any, users: FakeUsers) -> None:
+    for name in ("bosh_a1", "bosh_a2", "bosh_b", "xbosh_a"):
+        await users.add(name, services.paths.bosh_ssh, ["vcap"])
+    users.calls.clear()
+    assert await call(services, "ssh", ["cleanup", {"user_regex": "^bosh_a"}]) == \
+        {"value": {"command": "cleanup", "status": "success"}}
+    assert users.calls == ["delete bosh_a1", "delete bosh_a2"]
+    assert await call(services, "ssh", ["cleanup", {"user_regex": "_a$|^bosh_b"}]) == \
+        {"value": {"command": "cleanup", "status": "success"}}
+    assert users.calls[2:] == ["delete bosh_b", "delete xbosh_a"]
+
+
+def matcher_children() -> list[int]:
+    """Our child processes that are the regex matcher (alive, not zombies)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat_ = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        fields = stat_.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == os.getpid() and b"r.search(n)" in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+async def test_a_catastrophic_regex_is_cut_off_and_the_agent_keeps_answering(
+        services: Any, users: FakeUsers, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Ssh.match_timeout == 5.0 and MAX_REGEX_LENGTH == 256
+    monkeypatch.setattr(Ssh, "match_timeout", 1.0)
+    # (a+)+$ against "aaa...a-N" backtracks 2^24 ways per name: seconds each, on the event loop of old
+    for i in range(10):
+        await users.add("a" * 24 + f"-{i}", services.paths.bosh_ssh, ["vcap"])
+    users.calls.clear()
+    start = time.monotonic()
+    cleanup = asyncio.create_task(call(services, "ssh", ["cleanup", {"user_regex": "(a+)+$"}]))
+    await asyncio.sleep(0.3)
+    before_ping = time.monotonic()
+    assert await call(services, "ping") == {"value": "pong"}
+    assert time.monotonic() - before_ping < 0.5          # the loop is free while the regex runs
+    reply = await asyncio.wait_for(cleanup, 15)
+    assert time.monotonic() - start < 4
+    assert reply == {"exception": {"message": "Action Failed ssh: ssh cleanup: matching user_regex '(a+)+$' "
+                                              "against 10 users took longer than 1 s"}}
+    assert users.calls == []
+    assert matcher_children() == []                      # the matcher was killed, not left burning a core
+    assert await call(services, "ping") == {"value": "pong"}

@@ -1,9 +1,11 @@
 """unmount_disk: BOSH's two answers, unknown disks are errors, a busy disk stays mounted."""
-from .conftest import call
+from typing import Any
+
+from .conftest import FakeMounter, FakeRegistry, call
 from .test_agent_mount_disk import attach
 
 
-async def test_unmount_a_mounted_disk(services, registry, mounter):
+async def test_unmount_a_mounted_disk(services: Any, registry: FakeRegistry, mounter: FakeMounter) -> None:
     vol = attach(registry, services, mounter)
     await call(services, "mount_disk", ["disk-1"])
     (services.paths.store / "f").write_text("x")
@@ -15,7 +17,8 @@ async def test_unmount_a_mounted_disk(services, registry, mounter):
     assert await call(services, "unmount_disk", ["disk-1"]) == {"value": {"message": "Partition of disk-1 is not mounted"}}
 
 
-async def test_unmount_the_disk_at_the_migration_target_keeps_the_old_one(services, registry, mounter):
+async def test_unmount_the_disk_at_the_migration_target_keeps_the_old_one(services: Any, registry: FakeRegistry,
+                                                                          mounter: FakeMounter) -> None:
     old = attach(registry, services, mounter, "old")
     attach(registry, services, mounter, "new")
     await call(services, "mount_disk", ["old"])
@@ -25,12 +28,12 @@ async def test_unmount_the_disk_at_the_migration_target_keeps_the_old_one(servic
     assert services.paths.managed_disk_settings.read_text() == "old"
 
 
-async def test_unknown_disk_is_an_error(services):
+async def test_unknown_disk_is_an_error(services: Any) -> None:
     reply = await call(services, "unmount_disk", ["nope"])
     assert "Persistent disk with volume id 'nope' could not be found in the settings" in reply["exception"]["message"]
 
 
-async def test_a_busy_disk_stays_mounted(services, registry, mounter):
+async def test_a_busy_disk_stays_mounted(services: Any, registry: FakeRegistry, mounter: FakeMounter) -> None:
     attach(registry, services, mounter)
     await call(services, "mount_disk", ["disk-1"])
     mounter.fail["unmount"] = "umount: /var/vcap/store: target is busy."
