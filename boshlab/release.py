@@ -15,18 +15,27 @@ fingerprint (sha1 over the item's file names, modes and contents).
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
-from .tarball import safe_extract, tar_files
+from .tarball import CorruptTarball, TarLimits, UnsafeTarball, env_int, safe_extract, tar_files
+
+# A job tarball is read into memory (its job.MF, monit and templates; the director stores them): limits,
+# overridable per call and with BOSH_LAB_JOB_MAX_FILE_BYTES / _MAX_BYTES / _MAX_MEMBERS.
+JOB_MAX_FILE_BYTES = 16 << 20    # one of job.MF, monit, templates/*
+JOB_MAX_BYTES = 64 << 20         # all of them together
+JOB_MAX_MEMBERS = 10_000         # entries in the job tarball
 
 
 class ReleaseError(ValueError):
@@ -43,7 +52,7 @@ class JobSpec:
     properties: dict[str, dict[str, Any]]
 
     @classmethod
-    def parse(cls, text: str, where: str = "job.MF") -> "JobSpec":
+    def parse(cls, text: str, where: str = "job.MF") -> JobSpec:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -84,16 +93,48 @@ class JobTarball:
     templates: dict[str, str]  # template source name -> ERB text
 
     @classmethod
-    def read(cls, data: bytes, where: str) -> "JobTarball":
+    def read(cls, data: bytes, where: str, *, max_file_bytes: int | None = None,
+             max_bytes: int | None = None, max_members: int | None = None) -> JobTarball:
+        """A job from the bytes of its tarball (see ``read_file``)."""
+        return cls._read(io.BytesIO(data), where, max_file_bytes, max_bytes, max_members)
+
+    @classmethod
+    def read_file(cls, path: str | os.PathLike[str], where: str, *, max_file_bytes: int | None = None,
+                  max_bytes: int | None = None, max_members: int | None = None) -> JobTarball:
+        """A job from its tarball on disk, streamed: only job.MF, monit and ``templates/*`` are read, each
+        at most ``max_file_bytes``, ``max_bytes`` together, in an archive of at most ``max_members`` entries
+        (defaults: ``JOB_MAX_*``, or the ``BOSH_LAB_JOB_MAX_*`` environment variables). Blocking."""
+        with open(path, "rb") as f:
+            return cls._read(f, where, max_file_bytes, max_bytes, max_members)
+
+    @classmethod
+    def _read(cls, fileobj: IO[bytes], where: str, max_file_bytes: int | None, max_bytes: int | None,
+              max_members: int | None) -> JobTarball:
+        max_file = max_file_bytes or env_int("BOSH_LAB_JOB_MAX_FILE_BYTES", JOB_MAX_FILE_BYTES)
+        max_total = max_bytes or env_int("BOSH_LAB_JOB_MAX_BYTES", JOB_MAX_BYTES)
+        max_count = max_members or env_int("BOSH_LAB_JOB_MAX_MEMBERS", JOB_MAX_MEMBERS)
         files: dict[str, bytes] = {}
+        kept = count = 0
         try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-                for m in tar.getmembers():
-                    if m.isfile():
-                        f = tar.extractfile(m)
-                        assert f is not None
-                        files[os.path.normpath(m.name)] = f.read()
-        except tarfile.TarError as e:
+            with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+                for m in tar:
+                    count += 1
+                    if count > max_count:
+                        raise ReleaseError(f"{where}: more than {max_count} entries (limit BOSH_LAB_JOB_MAX_MEMBERS)")
+                    name = os.path.normpath(m.name)
+                    if not m.isfile() or not (name in ("job.MF", "monit") or name.startswith("templates/")):
+                        continue
+                    if m.size > max_file:
+                        raise ReleaseError(f"{where}: {m.name!r} is {m.size} bytes, more than the limit of {max_file} "
+                                           f"bytes for a job file (BOSH_LAB_JOB_MAX_FILE_BYTES)")
+                    kept += m.size
+                    if kept > max_total:
+                        raise ReleaseError(f"{where}: job.MF, monit and templates hold more than {max_total} bytes "
+                                           f"(limit BOSH_LAB_JOB_MAX_BYTES; at {m.name!r})")
+                    f = tar.extractfile(m)
+                    assert f is not None
+                    files[name] = f.read(m.size)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
             raise ReleaseError(f"{where} is not a tarball: {e}") from None
         if "job.MF" not in files:
             raise ReleaseError(f"{where} has no job.MF")
@@ -150,7 +191,7 @@ class ReleaseManifest:
         }, sort_keys=False)
 
     @classmethod
-    def parse(cls, text: str) -> "ReleaseManifest":
+    def parse(cls, text: str) -> ReleaseManifest:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -202,14 +243,18 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_release(tarball: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> LoadedRelease:
-    """Extract (safely) and check a release tarball: release.MF, every job and package present with the sha1
-    it claims, every job a valid job tarball, package dependencies and job packages known. Blocking."""
+def read_release(tarball: str | os.PathLike[str], workdir: str | os.PathLike[str],
+                 limits: TarLimits | None = None) -> LoadedRelease:
+    """Extract (safely, within ``limits``: see ``boshlab.tarball``) and check a release tarball: release.MF,
+    every job and package present with the sha1 it claims, every job a valid job tarball, package
+    dependencies and job packages known. A refused archive leaves ``workdir`` as it was. Blocking."""
     root = Path(workdir)
     try:
-        safe_extract(tarball, root)
-    except tarfile.TarError as e:
+        safe_extract(tarball, root, limits)
+    except (CorruptTarball, tarfile.TarError) as e:
         raise ReleaseError(f"not a release tarball: {e}") from None
+    except UnsafeTarball as e:
+        raise ReleaseError(f"release tarball refused: {e}") from None
     mf = root / "release.MF"
     if not mf.is_file():
         raise ReleaseError("release tarball has no release.MF")
@@ -229,7 +274,7 @@ def read_release(tarball: str | os.PathLike[str], workdir: str | os.PathLike[str
                 raise ReleaseError(f"package '{p.name}' depends on '{d}', which the release does not have")
     jobs: dict[str, JobTarball] = {}
     for j in manifest.jobs:
-        job = JobTarball.read((root / "jobs" / f"{j.name}.tgz").read_bytes(), f"jobs/{j.name}.tgz")
+        job = JobTarball.read_file(root / "jobs" / f"{j.name}.tgz", f"jobs/{j.name}.tgz")
         if job.spec.name != j.name:
             raise ReleaseError(f"jobs/{j.name}.tgz: job.MF names '{job.spec.name}', release.MF '{j.name}'")
         for needed in job.spec.packages:

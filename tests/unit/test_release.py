@@ -1,12 +1,16 @@
+from __future__ import annotations
+
 import hashlib
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from boshlab.release import JobSpec, ReleaseError, create_release, read_release
+from boshlab.release import JobSpec, JobTarball, ReleaseError, create_release, read_release
+from boshlab.tarball import TarLimits
 
 WORKSHOP = Path(__file__).resolve().parents[2] / "workshop" / "release"
 
@@ -30,7 +34,7 @@ def make_source(root: Path) -> Path:
     return root
 
 
-def test_write_then_read_a_release(tmp_path):
+def test_write_then_read_a_release(tmp_path: Path) -> None:
     src = make_source(tmp_path / "src-tree")
     out = tmp_path / "demo.tgz"
     m = create_release(src, out, version="3")
@@ -50,7 +54,7 @@ def test_write_then_read_a_release(tmp_path):
     assert (tmp_path / "again.tgz").read_bytes() == out.read_bytes()
 
 
-def test_fingerprint_changes_with_content(tmp_path):
+def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     src = make_source(tmp_path / "s")
     a = create_release(src, tmp_path / "a.tgz")
     (src / "jobs" / "web" / "templates" / "ctl.erb").write_text("changed\n")
@@ -59,9 +63,15 @@ def test_fingerprint_changes_with_content(tmp_path):
     assert a.packages[0].fingerprint == b.packages[0].fingerprint
 
 
-def _retar(src: Path, dst: Path, mutate) -> None:
+def _read(t: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    f = t.extractfile(m)
+    assert f is not None
+    return f.read()
+
+
+def _retar(src: Path, dst: Path, mutate: Callable[[dict[str, bytes]], object]) -> None:
     with tarfile.open(src) as t:
-        files = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+        files = {m.name: _read(t, m) for m in t.getmembers() if m.isfile()}
     mutate(files)
     with tarfile.open(dst, "w:gz") as t:
         for name, data in files.items():
@@ -70,11 +80,11 @@ def _retar(src: Path, dst: Path, mutate) -> None:
             t.addfile(info, io.BytesIO(data))
 
 
-def test_tampered_job_is_rejected(tmp_path):
+def test_tampered_job_is_rejected(tmp_path: Path) -> None:
     out = tmp_path / "r.tgz"
     create_release(make_source(tmp_path / "s"), out)
 
-    def swap(files):
+    def swap(files: dict[str, bytes]) -> None:
         data = files["./jobs/web.tgz"]
         files["./jobs/web.tgz"] = data[:20] + bytes([data[20] ^ 0xFF]) + data[21:]
     _retar(out, tmp_path / "bad.tgz", swap)
@@ -82,7 +92,7 @@ def test_tampered_job_is_rejected(tmp_path):
         read_release(tmp_path / "bad.tgz", tmp_path / "x")
 
 
-def test_missing_job_tarball_and_manifest_are_named(tmp_path):
+def test_missing_job_tarball_and_manifest_are_named(tmp_path: Path) -> None:
     out = tmp_path / "r.tgz"
     create_release(make_source(tmp_path / "s"), out)
     _retar(out, tmp_path / "nojob.tgz", lambda f: f.pop("./jobs/web.tgz"))
@@ -93,7 +103,7 @@ def test_missing_job_tarball_and_manifest_are_named(tmp_path):
         read_release(tmp_path / "nomf.tgz", tmp_path / "x2")
 
 
-def test_source_errors_are_named(tmp_path):
+def test_source_errors_are_named(tmp_path: Path) -> None:
     src = make_source(tmp_path / "s")
     (src / "jobs" / "web" / "templates" / "ctl.erb").unlink()
     with pytest.raises(ReleaseError, match="template 'ctl.erb' is missing"):
@@ -104,14 +114,14 @@ def test_source_errors_are_named(tmp_path):
         create_release(src, tmp_path / "r2.tgz")
 
 
-def test_job_spec_validation():
+def test_job_spec_validation() -> None:
     with pytest.raises(ReleaseError, match="has no name"):
         JobSpec.parse("templates: {}")
     with pytest.raises(ReleaseError, match="must be relative"):
         JobSpec.parse("name: x\ntemplates: {a.erb: ../../etc/passwd}")
 
 
-def test_workshop_job_is_the_decks_job_mf():
+def test_workshop_job_is_the_decks_job_mf() -> None:
     spec = JobSpec.parse((WORKSHOP / "jobs" / "redis" / "spec").read_text())
     assert spec.name == "redis"
     assert spec.packages == ["redis"]
@@ -121,3 +131,77 @@ def test_workshop_job_is_the_decks_job_mf():
         "helpers/ctl_setup.sh": "helpers/ctl_setup.sh", "helpers/ctl_utils.sh": "helpers/ctl_utils.sh"}
     assert spec.properties["redis.port"]["default"] == 6379
     assert spec.properties["redis.password"]["default"] == "r3d!s"
+
+
+# --- refused archives (issue 8) --------------------------------------------------------------------
+
+def _with_extra(src: Path, dst: Path, extra: list[tarfile.TarInfo], files: dict[str, bytes] | None = None) -> None:
+    """``src`` re-tarred at ``dst`` with ``extra`` entries (symlinks and the like) and ``files`` added."""
+    with tarfile.open(src) as t:
+        content = {m.name: _read(t, m) for m in t.getmembers() if m.isfile()}
+    content.update(files or {})
+    with tarfile.open(dst, "w:gz") as t:
+        for info in extra:
+            t.addfile(info)
+        for name, data in content.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+def _link(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize("extra, evil, match", [
+    ([_link("./jobs/outside", "../../../outside")], {}, r"'./jobs/outside' links outside"),
+    ([_link("a", "."), _link("a/a/up", "../..")], {"up/evil.txt": b"pwned"}, r"'a/a/up' links outside"),
+    ([], {"../evil.txt": b"pwned"}, r"'../evil.txt' would land outside the target directory \(it has a '\.\.' "),
+])
+def test_a_release_with_a_bad_member_is_refused_and_leaves_nothing(tmp_path: Path, extra: list[tarfile.TarInfo],
+                                                                   evil: dict[str, bytes], match: str) -> None:
+    out = tmp_path / "r.tgz"
+    create_release(make_source(tmp_path / "s"), out)
+    _with_extra(out, tmp_path / "bad.tgz", extra, evil)
+    work = tmp_path / "work" / "x"
+    work.mkdir(parents=True)
+    with pytest.raises(ReleaseError, match=r"release tarball refused: tar entry " + match):
+        read_release(tmp_path / "bad.tgz", work)
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["x"]   # no temporary directory left
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "work" / "evil.txt").exists()
+
+
+def test_release_limits_are_enforced_with_a_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "r.tgz"
+    create_release(make_source(tmp_path / "s"), out)
+    with pytest.raises(ReleaseError, match=r"release tarball refused: tar entry .* \(limit max_members"):
+        read_release(out, tmp_path / "x", TarLimits(max_members=2))
+    with pytest.raises(ReleaseError, match=r"release tarball refused: tar entry .* more than the limit of 10 bytes"):
+        read_release(out, tmp_path / "y", TarLimits(max_member_bytes=10))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_corrupt_release_is_not_a_release_tarball(tmp_path: Path) -> None:
+    (tmp_path / "bad.tgz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(ReleaseError, match="not a release tarball"):
+        read_release(tmp_path / "bad.tgz", tmp_path / "x")
+
+
+def test_job_tarballs_are_read_within_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "r.tgz"
+    create_release(make_source(tmp_path / "s"), out)
+    rel = read_release(out, tmp_path / "x")
+    job = JobTarball.read_file(rel.job_path("web"), "jobs/web.tgz")      # streamed from disk
+    assert job == rel.jobs["web"]
+    with pytest.raises(ReleaseError, match=r"jobs/web.tgz: '\./job.MF' is \d+ bytes, more than the "
+                                           r"limit of 20 bytes for a job file \(BOSH_LAB_JOB_MAX_FILE_BYTES\)"):
+        JobTarball.read_file(rel.job_path("web"), "jobs/web.tgz", max_file_bytes=20)
+    with pytest.raises(ReleaseError, match=r"more than 2 entries"):
+        JobTarball.read(rel.job_path("web").read_bytes(), "jobs/web.tgz", max_members=2)
+    monkeypatch.setenv("BOSH_LAB_JOB_MAX_BYTES", "40")
+    with pytest.raises(ReleaseError, match=r"jobs/web.tgz: job.MF, monit and templates hold more than 40 bytes"):
+        read_release(out, tmp_path / "y")
