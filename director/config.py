@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import quote
+
+from boshlab.contracts import BlobstoreSettings
 
 
 def _env(name: str, default: str) -> str:
@@ -27,10 +28,10 @@ class Config:
     api_user: str = "admin"
     api_password: str = "admin"
     registry_port: int = 25889
-    registry_user: str = "admin"
-    registry_password: str = "admin"
     registry_host: str = "director"           # how agent VMs reach the registry
-    nats_url: str = "nats://nats:nats@nats:4222"  # the director's own connection
+    nats_url: str = "nats://nats:nats@nats:4222"  # the director's own connection (its user: see nats_auth_dir)
+    nats_auth_dir: str = ""                   # shared with the nats container: per-agent users (director/nats_auth.py)
+    nats_monitor_url: str = ""                # nats-server's monitoring, to wait until it loaded new users
     agent_mbus: str = "nats://nats:nats@nats:4222"  # what agents are told (settings.mbus)
     blobstore_endpoint: str = "http://blobstore:25250"
     blobstore_director_user: str = "director"
@@ -39,6 +40,7 @@ class Config:
     blobstore_agent_password: str = "agent"
     data_dir: str = "/var/vcap/store/director"
     stemcell_image: str = "bosh-lab/stemcell:latest"
+    cpi: str = "docker"                       # the CPI module: director/cpi/<cpi>_cpi.py
     lab_name: str = ""                        # label value that marks this lab's VMs
     network: str = ""                         # docker network for VMs; found from the director's own container if empty
     heartbeat_interval: float = 30.0
@@ -55,6 +57,11 @@ class Config:
     meltdown_percent: float = 50.0            # no resurrection when more than this share of a deployment is down...
     meltdown_minimum: int = 5                 # ...and at least this many instances are
     max_threads: int = 16                     # VMs created at once; threads for Docker calls (BOSH: max_threads)
+    max_release_bytes: int = 8 << 30          # the largest release upload
+    agent_task_deadline: float = 600.0        # how long the director waits for an agent task (apply, stop, ...)
+    agent_long_task_deadline: float = 3600.0  # ... for compile_package, migrate_disk, fetch_logs
+    agent_drain_deadline: float = 3600.0      # ... for drain (static or dynamic), as a whole
+    max_running_tasks: int = 64               # tasks running at once; more are refused (429), not queued
 
     def __post_init__(self) -> None:
         if self.agent_timeout == 0.0:
@@ -68,7 +75,7 @@ class Config:
             object.__setattr__(self, "health_interval", min(5.0, max(0.5, self.agent_timeout / 4)))
 
     @classmethod
-    def from_env(cls) -> "Config":
+    def from_env(cls) -> Config:
         d = cls()
         return cls(
             name=_env("BOSH_LAB_DIRECTOR_NAME", d.name),
@@ -76,10 +83,10 @@ class Config:
             api_user=_env("BOSH_LAB_ADMIN_USER", d.api_user),
             api_password=_env("BOSH_LAB_ADMIN_PASSWORD", d.api_password),
             registry_port=int(_env("BOSH_LAB_REGISTRY_PORT", str(d.registry_port))),
-            registry_user=_env("BOSH_LAB_REGISTRY_USER", d.registry_user),
-            registry_password=_env("BOSH_LAB_REGISTRY_PASSWORD", d.registry_password),
             registry_host=_env("BOSH_LAB_REGISTRY_HOST", d.registry_host),
             nats_url=_env("BOSH_LAB_NATS_URL", d.nats_url),
+            nats_auth_dir=_env("BOSH_LAB_NATS_AUTH_DIR", d.nats_auth_dir),
+            nats_monitor_url=_env("BOSH_LAB_NATS_MONITOR_URL", d.nats_monitor_url),
             agent_mbus=_env("BOSH_LAB_AGENT_MBUS", _env("BOSH_LAB_NATS_URL", d.agent_mbus)),
             blobstore_endpoint=_env("BOSH_LAB_BLOBSTORE_ENDPOINT", d.blobstore_endpoint),
             blobstore_director_user=_env("BLOBSTORE_DIRECTOR_USER", d.blobstore_director_user),
@@ -88,6 +95,7 @@ class Config:
             blobstore_agent_password=_env("BLOBSTORE_AGENT_PASSWORD", d.blobstore_agent_password),
             data_dir=_env("BOSH_LAB_DATA_DIR", d.data_dir),
             stemcell_image=_env("BOSH_LAB_STEMCELL_IMAGE", d.stemcell_image),
+            cpi=_env("BOSH_LAB_CPI", d.cpi),
             lab_name=_env("BOSH_LAB_NAME", d.lab_name),
             network=_env("BOSH_LAB_NETWORK", d.network),
             heartbeat_interval=_float("BOSH_LAB_HEARTBEAT_INTERVAL", d.heartbeat_interval),
@@ -103,14 +111,18 @@ class Config:
             health_interval=_float("BOSH_LAB_HEALTH_INTERVAL", 0.0),
             meltdown_percent=_float("BOSH_LAB_MELTDOWN_PERCENT", d.meltdown_percent),
             max_threads=max(1, int(_float("BOSH_LAB_MAX_THREADS", d.max_threads))),
+            max_release_bytes=max(1, int(_float("BOSH_LAB_MAX_RELEASE_BYTES", d.max_release_bytes))),
+            agent_task_deadline=_float("BOSH_LAB_AGENT_TASK_DEADLINE", d.agent_task_deadline),
+            agent_long_task_deadline=_float("BOSH_LAB_AGENT_LONG_TASK_DEADLINE", d.agent_long_task_deadline),
+            agent_drain_deadline=_float("BOSH_LAB_AGENT_DRAIN_DEADLINE", d.agent_drain_deadline),
+            max_running_tasks=max(1, int(_float("BOSH_LAB_MAX_RUNNING_TASKS", d.max_running_tasks))),
         )
 
-    def registry_endpoint(self) -> str:
-        """The registry URL agents get in their user data, credentials included (as on slide 13)."""
-        return (f"http://{quote(self.registry_user, safe='')}:{quote(self.registry_password, safe='')}"
-                f"@{self.registry_host}:{self.registry_port}")
+    def registry_url(self) -> str:
+        """The registry as agent VMs reach it; each VM's user data adds credentials of its own (slide 13)."""
+        return f"http://{self.registry_host}:{self.registry_port}"
 
-    def agent_blobstore(self) -> dict[str, object]:
+    def agent_blobstore(self) -> BlobstoreSettings:
         return {"provider": "dav", "options": {"endpoint": self.blobstore_endpoint,
                                                "user": self.blobstore_agent_user,
                                                "password": self.blobstore_agent_password}}

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Diagnosis:
-    kind: str       # settings_not_found | registry_credentials | registry_unreachable | nats_credentials | nats_unreachable | agent_failed
+    # settings_not_found | registry_credentials | registry_unreachable | nats_credentials | nats_unreachable | agent_failed
+    kind: str
     reason: str     # one sentence for the task's error
 
     def __str__(self) -> str:

@@ -12,21 +12,21 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.msg import Msg
 
 from boshlab import wire
 
+from .store import InstanceRow, Instances
 from .tasks import DeploymentLocked
-
-if TYPE_CHECKING:
-    from .app import Director
 
 log = logging.getLogger("director.health")
 
 UNRESPONSIVE = "unresponsive agent"
+NO_VM = "no vm"
 
 
 @dataclass
@@ -40,7 +40,7 @@ def process_state(has_vm: bool, hb: Heartbeat | None, now: float, timeout: float
     agent`` once none came for ``timeout`` seconds (or none at all since the director started listening that
     long ago); ``unknown`` while the director has not listened long enough to tell."""
     if not has_vm:
-        return "no vm"
+        return NO_VM
     last = hb.at if hb is not None else None
     if last is None:
         return UNRESPONSIVE if now - watching_since > timeout else "unknown"
@@ -53,9 +53,31 @@ def meltdown(down: int, total: int, percent: float, minimum: int) -> bool:
     return total > 0 and down >= minimum and 100.0 * down / total > percent
 
 
+@dataclass(frozen=True)
+class HealthSettings:
+    agent_timeout: float
+    interval: float
+    meltdown_percent: float = 50.0
+    meltdown_minimum: int = 5
+
+
 class HealthMonitor:
-    def __init__(self, director: "Director") -> None:
-        self.d = director
+    """``resurrection_enabled(deployment)``, ``locked(deployment)`` and ``resurrect(deployment, instance ids)``
+    (which starts a scan-and-fix task) are the only ways it acts on the rest of the director. It acts only
+    while ``nats_steady()``: during a NATS outage, and for an agent timeout after it, every agent looks
+    silent, and recreating healthy VMs would be the worst answer."""
+
+    def __init__(self, instances: Instances, settings: HealthSettings,
+                 resurrection_enabled: Callable[[str], Awaitable[bool]], locked: Callable[[str], bool],
+                 resurrect: Callable[[str, list[str]], Awaitable[int]],
+                 nats_steady: Callable[[], bool] = lambda: True) -> None:
+        self.instances = instances
+        self.settings = settings
+        self.resurrection_enabled = resurrection_enabled
+        self.locked = locked
+        self.resurrect = resurrect
+        self.nats_steady = nats_steady
+        self.held_back = 0            # rounds the monitor did not act because NATS was not steady
         self.heartbeats: dict[str, Heartbeat] = {}
         self.started_at = time.time()
         self.received = 0
@@ -79,10 +101,9 @@ class HealthMonitor:
         payload["job_state"] = job_state
         self.heartbeats[agent_id] = Heartbeat(time.time(), payload)
 
-    def state_of(self, row: dict[str, Any], now: float | None = None) -> str:
-        hb = self.heartbeats.get(row.get("agent_id") or "")
-        return process_state(bool(row.get("vm_cid")), hb, now or time.time(), self.d.config.agent_timeout,
-                             self.started_at)
+    def state_of(self, row: InstanceRow, now: float | None = None) -> str:
+        hb = self.heartbeats.get(row.agent_id or "")
+        return process_state(row.has_vm, hb, now or time.time(), self.settings.agent_timeout, self.started_at)
 
     def start(self) -> None:
         self.started_at = time.time()
@@ -96,40 +117,44 @@ class HealthMonitor:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.d.config.health_interval)
+            await asyncio.sleep(self.settings.interval)
             try:
                 await self.check()
-            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad round
+            except Exception:
                 log.exception("health check failed")
 
     def prune(self, now: float, known: set[str]) -> None:
         """Forget agents no instance has and that have been silent a long while (recreated VMs' old agents)."""
-        horizon = now - max(600.0, 10 * self.d.config.agent_timeout)
+        horizon = now - max(600.0, 10 * self.settings.agent_timeout)
         for agent_id in [a for a, hb in self.heartbeats.items() if hb.at < horizon and a not in known]:
             del self.heartbeats[agent_id]
 
     async def check(self) -> None:
-        rows = await self.d.db.all("SELECT * FROM instances WHERE vm_cid IS NOT NULL")
+        rows = await self.instances.all()
         now = time.time()
-        self.prune(now, {r["agent_id"] for r in rows if r["agent_id"]})
-        by_dep: dict[str, list[dict[str, Any]]] = {}
+        self.prune(now, {r.agent_id for r in rows if r.agent_id})
+        if not self.nats_steady():
+            self.held_back += 1
+            return
+        by_dep: dict[str, list[InstanceRow]] = {}
         for r in rows:
-            by_dep.setdefault(r["deployment"], []).append(r)
+            by_dep.setdefault(r.deployment, []).append(r)
+        s = self.settings
         for dep, members in by_dep.items():
-            down = [r for r in members if self.state_of(r, now) == UNRESPONSIVE]
-            if not down or not await self.d.resurrection_enabled(dep):
+            # unresponsive agents, and instances left without a VM (a replacement that failed): retried
+            down = [r for r in members if self.state_of(r, now) in (UNRESPONSIVE, NO_VM)]
+            if not down or not await self.resurrection_enabled(dep):
                 continue
-            if self.d.tasks.lock_holder(dep) is not None or now < self._cooldown.get(dep, 0):
+            if self.locked(dep) or now < self._cooldown.get(dep, 0):
                 continue
-            if meltdown(len(down), len(members), self.d.config.meltdown_percent, self.d.config.meltdown_minimum):
+            if meltdown(len(down), len(members), s.meltdown_percent, s.meltdown_minimum):
                 log.warning("meltdown: %d of %d instances of %s are unresponsive; not resurrecting", len(down),
                             len(members), dep)
-                self._cooldown[dep] = now + self.d.config.agent_timeout
+                self._cooldown[dep] = now + s.agent_timeout
                 continue
-            names = ", ".join(f"{r['group_name']}/{r['id']} ({r['idx']})" for r in down)
-            log.info("resurrector: %s of %s unresponsive: recreating their VMs", names, dep)
+            log.info("resurrector: %s of %s unresponsive: recreating their VMs", ", ".join(r.label for r in down), dep)
             try:
-                await self.d.scan_and_fix_task(dep, [r["id"] for r in down])
+                await self.resurrect(dep, [r.id for r in down])
             except DeploymentLocked:
                 continue
-            self._cooldown[dep] = now + self.d.config.agent_timeout
+            self._cooldown[dep] = now + s.agent_timeout

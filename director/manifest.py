@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from boshlab import safeyaml
 
 
 class ManifestError(ValueError):
@@ -22,7 +22,7 @@ class WatchTime:
     max_ms: int
 
     @classmethod
-    def parse(cls, raw: Any, what: str) -> "WatchTime":
+    def parse(cls, raw: Any, what: str) -> WatchTime:
         if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
             return cls(raw, raw)
         if isinstance(raw, str):
@@ -75,6 +75,7 @@ class Subnet:
 
 
 MAX_RANGE_ADDRESSES = 65536
+MIN_PREFIX = 16                  # the largest manual network: a /16 (its addresses are enumerated)
 
 
 def parse_ip_ranges(raw: Any, net: ipaddress.IPv4Network, what: str) -> set[ipaddress.IPv4Address]:
@@ -107,6 +108,9 @@ def parse_subnet(raw: Any, where: str) -> Subnet:
         raise ManifestError(f"{where}.range must be an IPv4 network like 10.244.0.0/24: {e}") from None
     if net.prefixlen > 29:
         raise ManifestError(f"{where}.range {net} is too small (at most /29)")
+    if net.prefixlen < MIN_PREFIX:
+        raise ManifestError(f"{where}.range {net} is too large for a lab: at most /{MIN_PREFIX} "
+                            f"({2 ** (32 - MIN_PREFIX) - 2} addresses)")
     if "gateway" in d:
         try:
             gw = ipaddress.IPv4Address(str(d["gateway"]))
@@ -216,19 +220,45 @@ def parse_update(raw: Any, base: UpdateConfig | None = None, where: str = "updat
 
 def parse_manifest(text: str) -> Manifest:
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ManifestError(f"manifest is not valid YAML: {e}") from None
+        doc = safeyaml.load(text, what="manifest")
+    except safeyaml.YamlError as e:
+        raise ManifestError(str(e)) from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a YAML mapping")
     name = _name(doc.get("name"), "name")
+    releases = _releases(doc)
+    update = parse_update(doc.get("update"))
+    networks = _networks(doc)
+    compilation = _mapping(doc.get("compilation"), "compilation")
+    workers = compilation.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ManifestError(f"compilation.workers must be a whole number >= 1, got {workers!r}")
+    raw_groups = doc.get("instance_groups")
+    legacy = raw_groups is None and "jobs" in doc
+    groups: list[InstanceGroup] = []
+    for i, g in enumerate(_list(doc.get("jobs") if legacy else raw_groups, "instance_groups")):
+        group = _group(_mapping(g, f"instance_groups[{i}]"), i, legacy, releases, networks, update)
+        if any(other.name == group.name for other in groups):
+            raise ManifestError(f"instance group '{group.name}' appears twice")
+        groups.append(group)
+    if not groups:
+        raise ManifestError("manifest has no instance_groups")
+    _check_static_ips_unique(groups)
+    return Manifest(name, releases, groups, update, networks, _mapping(doc.get("properties"), "properties"),
+                    workers, doc)
+
+
+def _releases(doc: dict[str, Any]) -> dict[str, str]:
     releases: dict[str, str] = {}
     for i, r in enumerate(_list(doc.get("releases") or ([doc["release"]] if "release" in doc else []), "releases")):
         r = _mapping(r, f"releases[{i}]")
         releases[_name(r.get("name"), f"releases[{i}].name")] = str(r.get("version", "latest"))
     if not releases:
         raise ManifestError("manifest names no releases")
-    update = parse_update(doc.get("update"))
+    return releases
+
+
+def _networks(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     networks: dict[str, dict[str, Any]] = {}
     for i, n in enumerate(_list(doc.get("networks"), "networks")):
         n = _mapping(n, f"networks[{i}]")
@@ -243,87 +273,94 @@ def parse_manifest(text: str) -> Manifest:
         if len(subnets) > 1:
             raise ManifestError(f"network '{nname}': bosh-lab supports one subnet per manual network "
                                 f"(it becomes one Docker network)")
-        networks[nname] = {"type": ntype, "cloud_properties": _mapping(n.get("cloud_properties"), f"network '{nname}' cloud_properties"),
-                           "subnet": subnets[0] if subnets else None}
+        cloud = _mapping(n.get("cloud_properties"), f"network '{nname}' cloud_properties")
+        networks[nname] = {"type": ntype, "cloud_properties": cloud, "subnet": subnets[0] if subnets else None}
     if not networks:
         networks["default"] = {"type": "dynamic", "cloud_properties": {}, "subnet": None}
-    compilation = _mapping(doc.get("compilation"), "compilation")
-    workers = compilation.get("workers", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ManifestError(f"compilation.workers must be a whole number >= 1, got {workers!r}")
-    raw_groups = doc.get("instance_groups")
-    legacy = raw_groups is None and "jobs" in doc
-    groups: list[InstanceGroup] = []
-    seen: set[str] = set()
-    for i, g in enumerate(_list(doc.get("jobs") if legacy else raw_groups, "instance_groups")):
-        g = _mapping(g, f"instance_groups[{i}]")
-        gname = _name(g.get("name"), f"instance_groups[{i}].name")
-        if gname in seen:
-            raise ManifestError(f"instance group '{gname}' appears twice")
-        seen.add(gname)
-        instances = g.get("instances", 1)
-        if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
-            raise ManifestError(f"instance group '{gname}': instances must be a whole number >= 0, got {instances!r}")
-        jobs: list[JobRef] = []
-        if legacy:
-            tmpl = g.get("templates") or g.get("template")
-            names = tmpl if isinstance(tmpl, list) else [tmpl]
-            default_release = next(iter(releases))
-            for t in names:
-                if isinstance(t, dict):
-                    jobs.append(JobRef(_name(t.get("name"), f"job '{gname}' template"), str(t.get("release", default_release))))
-                else:
-                    jobs.append(JobRef(_name(t, f"job '{gname}' template"), default_release))
-        else:
-            for j, jr in enumerate(_list(g.get("jobs"), f"instance group '{gname}' jobs")):
-                jr = _mapping(jr, f"instance group '{gname}' jobs[{j}]")
-                jname = _name(jr.get("name"), f"instance group '{gname}' jobs[{j}].name")
-                rel = jr.get("release") or (next(iter(releases)) if len(releases) == 1 else None)
-                if rel is None:
-                    raise ManifestError(f"instance group '{gname}' job '{jname}' names no release")
-                props = jr.get("properties")
-                jobs.append(JobRef(jname, str(rel), _mapping(props, f"job '{jname}' properties") if props is not None else None))
-        if not jobs:
-            raise ManifestError(f"instance group '{gname}' has no jobs")
-        for jref in jobs:
-            if jref.release not in releases:
-                raise ManifestError(f"instance group '{gname}' job '{jref.name}' uses release '{jref.release}', "
-                                    f"which the manifest's releases do not list")
-        nets = []
-        static_ips: dict[str, list[str]] = {}
-        for n in _list(g.get("networks") or [{"name": next(iter(networks))}], f"instance group '{gname}' networks"):
-            nn = n.get("name") if isinstance(n, dict) else n
-            if nn not in networks:
-                raise ManifestError(f"instance group '{gname}' uses network {nn!r}, which the manifest does not define")
-            if nn in nets:
-                raise ManifestError(f"instance group '{gname}' lists network '{nn}' twice")
-            nets.append(str(nn))
-            raw_ips = n.get("static_ips") if isinstance(n, dict) else None
-            if raw_ips is not None:
-                subnet = networks[nn]["subnet"]
-                if subnet is None:
-                    raise ManifestError(f"instance group '{gname}' has static_ips on network '{nn}', which is not a "
-                                        f"manual network with a subnet")
-                ips = sorted(parse_ip_ranges(raw_ips, subnet.range, f"instance group '{gname}' network '{nn}' static_ips"))
-                if len(ips) != instances:
-                    raise ManifestError(f"instance group '{gname}' has {instances} instance(s) but {len(ips)} static IP(s) "
-                                        f"on network '{nn}'")
-                outside = [str(ip) for ip in ips if ip not in subnet.static]
-                if outside:
-                    raise ManifestError(f"instance group '{gname}' static IP(s) {', '.join(outside)} are not in the "
-                                        f"static ranges of network '{nn}'")
-                static_ips[nn] = [str(ip) for ip in ips]
-        disk = g.get("persistent_disk", 0)
-        if not isinstance(disk, int) or isinstance(disk, bool) or disk < 0:
-            raise ManifestError(f"instance group '{gname}': persistent_disk must be MB >= 0, got {disk!r}")
-        groups.append(InstanceGroup(
-            gname, instances, jobs, nets, disk, str(g.get("vm_type") or g.get("resource_pool") or "default"),
-            _mapping(g.get("cloud_properties"), f"instance group '{gname}' cloud_properties"),
-            _mapping(g.get("properties"), f"instance group '{gname}' properties"),
-            parse_update(g["update"], update, f"instance group '{gname}' update") if "update" in g else None,
-            static_ips))
-    if not groups:
-        raise ManifestError("manifest has no instance_groups")
+    return networks
+
+
+def _group_jobs(g: dict[str, Any], gname: str, legacy: bool, releases: dict[str, str]) -> list[JobRef]:
+    jobs: list[JobRef] = []
+    if legacy:
+        tmpl = g.get("templates") or g.get("template")
+        names = tmpl if isinstance(tmpl, list) else [tmpl]
+        default_release = next(iter(releases))
+        for t in names:
+            if isinstance(t, dict):
+                jobs.append(JobRef(_name(t.get("name"), f"job '{gname}' template"),
+                                   str(t.get("release", default_release))))
+            else:
+                jobs.append(JobRef(_name(t, f"job '{gname}' template"), default_release))
+    else:
+        for j, jr in enumerate(_list(g.get("jobs"), f"instance group '{gname}' jobs")):
+            jr = _mapping(jr, f"instance group '{gname}' jobs[{j}]")
+            jname = _name(jr.get("name"), f"instance group '{gname}' jobs[{j}].name")
+            rel = jr.get("release") or (next(iter(releases)) if len(releases) == 1 else None)
+            if rel is None:
+                raise ManifestError(f"instance group '{gname}' job '{jname}' names no release")
+            props = jr.get("properties")
+            jobs.append(JobRef(jname, str(rel),
+                               _mapping(props, f"job '{jname}' properties") if props is not None else None))
+    if not jobs:
+        raise ManifestError(f"instance group '{gname}' has no jobs")
+    for jref in jobs:
+        if jref.release not in releases:
+            raise ManifestError(f"instance group '{gname}' job '{jref.name}' uses release '{jref.release}', "
+                                f"which the manifest's releases do not list")
+    return jobs
+
+
+def _group_networks(g: dict[str, Any], gname: str, instances: int,
+                    networks: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, list[str]]]:
+    nets: list[str] = []
+    static_ips: dict[str, list[str]] = {}
+    for n in _list(g.get("networks") or [{"name": next(iter(networks))}], f"instance group '{gname}' networks"):
+        nn = _name(n.get("name") if isinstance(n, dict) else n, f"instance group '{gname}' network name")
+        if nn not in networks:
+            raise ManifestError(f"instance group '{gname}' uses network {nn!r}, which the manifest does not define")
+        if nn in nets:
+            raise ManifestError(f"instance group '{gname}' lists network '{nn}' twice")
+        nets.append(str(nn))
+        raw_ips = n.get("static_ips") if isinstance(n, dict) else None
+        if raw_ips is None:
+            continue
+        subnet = networks[nn]["subnet"]
+        if subnet is None:
+            raise ManifestError(f"instance group '{gname}' has static_ips on network '{nn}', which is not a "
+                                f"manual network with a subnet")
+        ips = sorted(parse_ip_ranges(raw_ips, subnet.range, f"instance group '{gname}' network '{nn}' static_ips"))
+        if len(ips) != instances:
+            raise ManifestError(f"instance group '{gname}' has {instances} instance(s) but {len(ips)} static IP(s) "
+                                f"on network '{nn}'")
+        outside = [str(ip) for ip in ips if ip not in subnet.static]
+        if outside:
+            raise ManifestError(f"instance group '{gname}' static IP(s) {', '.join(outside)} are not in the "
+                                f"static ranges of network '{nn}'")
+        static_ips[nn] = [str(ip) for ip in ips]
+    return nets, static_ips
+
+
+def _group(g: dict[str, Any], i: int, legacy: bool, releases: dict[str, str], networks: dict[str, dict[str, Any]],
+           update: UpdateConfig) -> InstanceGroup:
+    gname = _name(g.get("name"), f"instance_groups[{i}].name")
+    instances = g.get("instances", 1)
+    if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
+        raise ManifestError(f"instance group '{gname}': instances must be a whole number >= 0, got {instances!r}")
+    jobs = _group_jobs(g, gname, legacy, releases)
+    nets, static_ips = _group_networks(g, gname, instances, networks)
+    disk = g.get("persistent_disk", 0)
+    if not isinstance(disk, int) or isinstance(disk, bool) or disk < 0:
+        raise ManifestError(f"instance group '{gname}': persistent_disk must be MB >= 0, got {disk!r}")
+    return InstanceGroup(
+        gname, instances, jobs, nets, disk, str(g.get("vm_type") or g.get("resource_pool") or "default"),
+        _mapping(g.get("cloud_properties"), f"instance group '{gname}' cloud_properties"),
+        _mapping(g.get("properties"), f"instance group '{gname}' properties"),
+        parse_update(g["update"], update, f"instance group '{gname}' update") if "update" in g else None,
+        static_ips)
+
+
+def _check_static_ips_unique(groups: list[InstanceGroup]) -> None:
     used: dict[tuple[str, str], str] = {}
     for grp in groups:
         for nn, given in grp.static_ips.items():
@@ -332,5 +369,3 @@ def parse_manifest(text: str) -> Manifest:
                     raise ManifestError(f"static IP {text} on network '{nn}' is given to both instance group "
                                         f"'{used[(nn, text)]}' and '{grp.name}'")
                 used[(nn, text)] = grp.name
-    return Manifest(name, releases, groups, update, networks, _mapping(doc.get("properties"), "properties"),
-                    workers, doc)

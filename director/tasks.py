@@ -7,12 +7,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-from .db import Database
+from .store import TaskRow, Tasks
 
 log = logging.getLogger("director.task")
 
@@ -36,6 +36,10 @@ class DeploymentLocked(Exception):
 
 class TaskNotRunning(Exception):
     pass
+
+
+class TooManyTasks(Exception):
+    """The director runs as many tasks as it may at once: the request is refused, not queued without end."""
 
 
 class Task:
@@ -96,8 +100,9 @@ class TaskRunner:
     moment it is created until it ends. Locks live in memory: a director that restarts has no running tasks
     (``recover`` fails the ones the previous process left), so no lock can outlive its task."""
 
-    def __init__(self, db: Database, data_dir: str) -> None:
-        self.db = db
+    def __init__(self, rows: Tasks, data_dir: str, max_running: int = 64) -> None:
+        self.rows = rows
+        self.max_running = max_running
         self.dir = Path(data_dir) / "tasks"
         self._running: dict[int, asyncio.Task[None]] = {}
         self._tasks: dict[int, Task] = {}
@@ -105,23 +110,26 @@ class TaskRunner:
 
     async def recover(self) -> list[int]:
         """Tasks that were running when the director process died can never finish: mark them failed."""
-        rows = await self.db.all("SELECT id FROM tasks WHERE state IN ('queued', 'processing', 'cancelling')")
-        await self.db.execute(
-            "UPDATE tasks SET state='error', ended_at=?, result=? WHERE state IN ('queued', 'processing', 'cancelling')",
-            (time.time(), SHUTDOWN_REASON))
-        for r in rows:
-            d = self.dir / str(r["id"])
-            if d.is_dir():
-                with open(d / "debug", "a") as f:
-                    f.write(f"director started again: task {r['id']} failed: {SHUTDOWN_REASON}\n")
-                (d / "result").write_text(SHUTDOWN_REASON + "\n")
-        return [int(r["id"]) for r in rows]
+        ids = await self.rows.fail_unfinished(SHUTDOWN_REASON)
+
+        def note() -> None:
+            for task_id in ids:
+                d = self.dir / str(task_id)
+                if d.is_dir():
+                    with open(d / "debug", "a") as f:
+                        f.write(f"director started again: task {task_id} failed: {SHUTDOWN_REASON}\n")
+                    (d / "result").write_text(SHUTDOWN_REASON + "\n")
+        await asyncio.to_thread(note)
+        return ids
 
     def lock_holder(self, deployment: str) -> tuple[int, str] | None:
         return self.locks.get(deployment)
 
     async def start(self, description: str, body: TaskBody, deployment: str | None = None, lock: bool = False) -> int:
         """Create and run a task. With ``lock``, the deployment's lock is taken now (DeploymentLocked if held)."""
+        if len(self._running) >= self.max_running:
+            raise TooManyTasks(f"the director is running {len(self._running)} tasks, its limit "
+                               f"(BOSH_LAB_MAX_RUNNING_TASKS={self.max_running}): try again when some have finished")
         if lock:
             assert deployment is not None
             holder = self.locks.get(deployment)
@@ -129,9 +137,7 @@ class TaskRunner:
                 raise DeploymentLocked(deployment, holder[0], holder[1])
             self.locks[deployment] = (0, description)   # taken before the first await: no two tasks get it
         try:
-            task_id = await self.db.execute(
-                "INSERT INTO tasks (state, description, deployment, started_at) VALUES ('processing', ?, ?, ?)",
-                (description, deployment, time.time()))
+            task_id = await self.rows.create(description, deployment)
         except BaseException:
             if lock and deployment is not None:
                 self.locks.pop(deployment, None)
@@ -149,11 +155,11 @@ class TaskRunner:
         t, task = self._running.get(task_id), self._tasks.get(task_id)
         if t is None or task is None:
             row = await self.get(task_id)
-            raise TaskNotRunning(f"Task {task_id} is not running" + (f" (state {row['state']})" if row else ""))
+            raise TaskNotRunning(f"Task {task_id} is not running" + (f" (state {row.state})" if row else ""))
         if task.cancel_reason is None:
             task.cancel_reason = "cancelled by the user"
             task.info(f"Task {task_id} is being cancelled")
-            await self.db.execute("UPDATE tasks SET state='cancelling' WHERE id=?", (task_id,))
+            await self.rows.set_state(task_id, "cancelling")
             t.cancel()
         return "cancelling"
 
@@ -176,24 +182,22 @@ class TaskRunner:
             task.info(f"Task {task.id} {state} after {time.monotonic() - started:.1f}s: {result}")
             (task.dir / "result").write_text(result + "\n")
             task.close()
-            await self.db.execute("UPDATE tasks SET state=?, result=?, ended_at=? WHERE id=?",
-                                  (state, result, time.time(), task.id))
+            await self.rows.finish(task.id, state, result)
             self._running.pop(task.id, None)
             self._tasks.pop(task.id, None)
             if locked is not None and self.locks.get(locked, (None,))[0] == task.id:
                 del self.locks[locked]
 
-    async def wait(self, task_id: int) -> dict[str, Any]:
+    async def wait(self, task_id: int) -> TaskRow:
         t = self._running.get(task_id)
         if t is not None:
             await asyncio.shield(t)
-        return await self.get(task_id) or {}
+        row = await self.get(task_id)
+        assert row is not None, f"task {task_id} does not exist"
+        return row
 
-    async def get(self, task_id: int) -> dict[str, Any] | None:
-        return await self.db.one("SELECT * FROM tasks WHERE id=?", (task_id,))
-
-    def running_ids(self) -> list[int]:
-        return list(self._running)
+    async def get(self, task_id: int) -> TaskRow | None:
+        return await self.rows.get(task_id)
 
     async def cancel_all(self) -> None:
         """At shutdown: every running task ends as failed, saying the director stopped."""

@@ -3,37 +3,35 @@ Afterwards, deploy again every deployment whose VMs are gone (after `docker comp
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 from boshlab.release import ReleaseError, create_release
 
-from .app import Director
+from .config import Config
+from .operations import Operations
 from .tasks import DeploymentLocked
 
 log = logging.getLogger("director.workshop")
 
 
-async def run_workshop(d: Director) -> None:
-    root = Path(d.config.workshop_dir)
-    tmp = Path(d.config.data_dir) / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkstemp(dir=tmp, prefix="workshop-", suffix=".tgz")[1])
-    log.info("workshop: creating release from %s (package sources from %s)", root / "release", d.config.workshop_blobs)
+async def run_workshop(d: Operations, cfg: Config) -> None:
+    root = Path(cfg.workshop_dir)
+    out = Path(tempfile.mkstemp(dir=d.upload_dir(), prefix="workshop-", suffix=".tgz")[1])
+    log.info("workshop: creating release from %s (package sources from %s)", root / "release", cfg.workshop_blobs)
     try:
-        rm = await asyncio.to_thread(create_release, root / "release", out, blob_dirs=[d.config.workshop_blobs])
+        rm = await asyncio.to_thread(create_release, root / "release", out, blob_dirs=[cfg.workshop_blobs])
     except (ReleaseError, OSError) as e:
         log.error("workshop: cannot create the sample release: %s", e)
         return
     log.info("workshop: uploading release %s/%s", rm.name, rm.version)
     task = await d.upload_release_task(out)
     row = await d.tasks.wait(task)
-    log.info("workshop: task %d %s: %s", task, row.get("state"), row.get("result"))
-    if row.get("state") != "done":
+    log.info("workshop: task %d %s: %s", task, row.state, row.result)
+    if row.state != "done":
         return
-    if await d.db.one("SELECT 1 FROM deployments WHERE name='redis-solo'"):
+    if await d.store.deployments.get("redis-solo") is not None:
         # Deployed before: keep the user's manifest (redeploy_missing brings back VMs that are gone).
         log.info("workshop: redis-solo is deployed already")
         return
@@ -41,7 +39,7 @@ async def run_workshop(d: Director) -> None:
     await deploy_and_wait(d, "workshop", (root / "manifests" / "redis-solo.yml").read_text(), "redis-solo")
 
 
-async def deploy_and_wait(d: Director, who: str, manifest: str, name: str, pinned: dict[str, str] | None = None) -> None:
+async def deploy_and_wait(d: Operations, who: str, manifest: str, name: str, pinned: dict[str, str] | None = None) -> None:
     """Start a deploy task and log how it ended (a deploy already running for ``name`` is left alone)."""
     try:
         task = await d.deploy_task(manifest, name, pinned=pinned)
@@ -49,23 +47,23 @@ async def deploy_and_wait(d: Director, who: str, manifest: str, name: str, pinne
         log.info("%s: %s", who, e)
         return
     row = await d.tasks.wait(task)
-    log.info("%s: task %d %s: %s", who, task, row.get("state"), row.get("result"))
+    log.info("%s: task %d %s: %s", who, task, row.state, row.result)
 
 
-async def redeploy_missing(d: Director) -> None:
+async def redeploy_missing(d: Operations) -> None:
     """`up` after `down`: VMs were deleted; deploy each such deployment again from its stored manifest."""
     for name in await d.deployments_missing_vms():
-        row = await d.db.one("SELECT manifest, releases FROM deployments WHERE name=?", (name,))
+        row = await d.store.deployments.get(name)
         if row is None:
             continue
         log.info("reconcile: deployment %s has instances without VMs: deploying it again", name)
-        await deploy_and_wait(d, "reconcile", row["manifest"], name, pinned=json.loads(row["releases"] or "{}"))
+        await deploy_and_wait(d, "reconcile", row.manifest, name, pinned=row.releases)
 
 
-async def after_start(d: Director) -> None:
+async def after_start(d: Operations, cfg: Config) -> None:
     try:
-        if d.config.workshop:
-            await run_workshop(d)
+        if cfg.workshop:
+            await run_workshop(d, cfg)
         await redeploy_missing(d)
     except Exception:
         log.exception("start-up work failed")

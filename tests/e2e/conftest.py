@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cli.client import SyncDirectorClient, TaskStillRunning
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEL_LAB = "io.bosh-lab.lab"
@@ -32,6 +31,7 @@ class Lab:
     project: str
     env: dict[str, str]
     ports: dict[str, int] = field(default_factory=dict)
+    _client: SyncDirectorClient | None = field(default=None, repr=False)
 
     def compose(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
         return run(["docker", "compose", "-p", self.project, *args], self.env, check, timeout)
@@ -40,18 +40,24 @@ class Lab:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.ports['director']}"
 
+    @property
+    def director(self) -> SyncDirectorClient:
+        """The director's API (cli/client.py); a new client when the director's published port changed."""
+        if self._client is None or self._client.url != self.api:
+            self.close()
+            self._client = SyncDirectorClient(self.api, "admin", "admin", timeout=60)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def request(self, method: str, path: str, body: bytes | None = None, auth: tuple[str, str] | None = ("admin", "admin"),
                 content_type: str = "application/json") -> tuple[int, bytes, dict[str, str]]:
-        req = urllib.request.Request(self.api + path, data=body, method=method)
-        if auth:
-            req.add_header("Authorization", "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-        if body is not None:
-            req.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, r.read(), dict(r.headers)
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), dict(e.headers)
+        r = self.director.fetch(method, path, data=body, content_type=content_type if body is not None else None,
+                                auth=auth if auth else False, check=False)
+        return r.status, r.body, r.headers
 
     def get(self, path: str) -> Any:
         status, body, _ = self.request("GET", path)
@@ -59,13 +65,10 @@ class Lab:
         return json.loads(body)
 
     def wait_task(self, task_id: int, timeout: float = 1200) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            t = self.get(f"/tasks/{task_id}")
-            if t["state"] not in ("queued", "processing"):
-                return t
-            time.sleep(1)
-        raise AssertionError(f"task {task_id} still running after {timeout}s")
+        try:
+            return self.director.wait_task(task_id, timeout=timeout, interval=1)
+        except TaskStillRunning as e:
+            raise AssertionError(str(e)) from None
 
     def deploy(self, manifest: str) -> dict[str, Any]:
         status, body, _ = self.request("POST", "/deployments", manifest.encode(), content_type="text/yaml")
@@ -73,7 +76,7 @@ class Lab:
         return self.wait_task(json.loads(body)["id"])
 
     def instance(self, deployment: str = "redis-solo", group: str = "redis") -> dict[str, Any]:
-        rows = [r for r in self.get(f"/deployments/{deployment}/instances") if r["group"] == group]
+        rows: list[dict[str, Any]] = [r for r in self.get(f"/deployments/{deployment}/instances") if r["group"] == group]
         assert rows, f"no {group} instance in {deployment}"
         return rows[0]
 
@@ -85,8 +88,7 @@ class Lab:
         return self.vm_exec(cid, "cat", "/var/vcap/bosh/log/current")
 
     def task_output(self, task_id: int, kind: str = "debug") -> str:
-        _, body, _ = self.request("GET", f"/tasks/{task_id}/output?type={kind}")
-        return body.decode()
+        return self.director.task_output(task_id, kind).data.decode()
 
 
 def lab_containers(project: str) -> list[str]:
@@ -101,7 +103,8 @@ def lab() -> Any:
     env = dict(os.environ, COMPOSE_PROJECT_NAME=project,
                BOSH_LAB_API_PUBLISH="127.0.0.1:", BOSH_LAB_NATS_PUBLISH="127.0.0.1:",
                BOSH_LAB_BLOBSTORE_PUBLISH="127.0.0.1:", BOSH_LAB_HEARTBEAT_INTERVAL="2",
-               BOSH_LAB_POLL_INTERVAL="0.2", BOSH_LAB_AGENT_TIMEOUT="6")
+               BOSH_LAB_POLL_INTERVAL="0.2", BOSH_LAB_AGENT_TIMEOUT="6",
+               BOSH_LAB_AGENT_DRAIN_DEADLINE="30")   # the fault matrix's hanging drain ends within 30 s
     lab = Lab(project, env)
     started = time.monotonic()
     reuse = bool(os.environ.get("BOSH_LAB_TEST_REUSE"))  # run against a lab that is already up (development)
@@ -125,17 +128,22 @@ def lab() -> Any:
         lab.env["BOSH_LAB_UP_SECONDS"] = f"{time.monotonic() - started:.1f}"
         yield lab
     finally:
-        if reuse or os.environ.get("BOSH_LAB_TEST_KEEP"):
-            return
-        logs = lab.compose("logs", "--no-color", "director", check=False).stdout
-        (ROOT / ".pytest_cache").mkdir(exist_ok=True)
-        (ROOT / ".pytest_cache" / "director.log").write_text(logs)
-        lab.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
-        left = lab_containers(project)
-        assert not left, f"teardown left containers behind: {left}"
-        for kind in ("volume", "network"):
-            rest = run(["docker", kind, "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"]).stdout.split()
-            assert not rest, f"teardown left {kind}s behind: {rest}"
+        lab.close()
+        if not (reuse or os.environ.get("BOSH_LAB_TEST_KEEP")):
+            tear_down(lab, project)
+
+
+def tear_down(lab: Lab, project: str) -> None:
+    """Keep the director's log, bring the lab down, and check that nothing of it is left."""
+    logs = lab.compose("logs", "--no-color", "director", check=False).stdout
+    (ROOT / ".pytest_cache").mkdir(exist_ok=True)
+    (ROOT / ".pytest_cache" / "director.log").write_text(logs)
+    lab.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
+    left = lab_containers(project)
+    assert not left, f"teardown left containers behind: {left}"
+    for kind in ("volume", "network"):
+        rest = run(["docker", kind, "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"]).stdout.split()
+        assert not rest, f"teardown left {kind}s behind: {rest}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 import sys
 import time
@@ -86,8 +87,15 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def task_done_id(stderr: str) -> int:
+    """The id in the `Task N done` line a CLI command wrote to stderr."""
+    m = re.search(r"Task (\d+) done", stderr)
+    assert m is not None, stderr
+    return int(m.group(1))
+
+
 def cli(lab: Lab, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "boshlab.cli", "-e", lab.api, *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", "-e", lab.api, *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=timeout)
 
 

@@ -4,14 +4,31 @@ IPs, invalid manifests, --json and exit codes. Tests run in file order and share
 from __future__ import annotations
 
 import json
-import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from .conftest import Lab, run
-from .deployments_helpers import (by_name, cli, events, free_subnet, group, instances, manifest, methods_by_agent,
-                                  post_deploy, sent, vm_file, wait_for)
+from .deployments_helpers import (
+    by_name,
+    cli,
+    events,
+    free_subnet,
+    group,
+    instances,
+    manifest,
+    methods_by_agent,
+    post_deploy,
+    sent,
+    task_done_id,
+    vm_file,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -19,11 +36,11 @@ DEP = "two-groups"
 
 
 def two_groups(alpha: str = "alpha-v1", beta: str = "beta-v1", beta_jobs: tuple[str, ...] = ("dummy",),
-               update: dict | None = None) -> str:
+               update: dict[str, Any] | None = None) -> str:
     return manifest(DEP, [group("alpha", 3, alpha), group("beta", 3, beta, beta_jobs)], update)
 
 
-def in_flight_peak(evs: list[dict]) -> int:
+def in_flight_peak(evs: list[dict[str, Any]]) -> int:
     running = peak = 0
     for e in evs:
         running += {"started": 1, "finished": -1, "failed": -1}[e["state"]]
@@ -31,7 +48,7 @@ def in_flight_peak(evs: list[dict]) -> int:
     return peak
 
 
-def test_two_groups_canary_then_max_in_flight(lab: Lab, dummy_release: str):
+def test_two_groups_canary_then_max_in_flight(lab: Lab, dummy_release: str) -> None:
     task = lab.wait_task(post_deploy(lab, two_groups()))
     assert task["state"] == "done", task
     evs = events(lab, task["id"])
@@ -58,7 +75,7 @@ def test_two_groups_canary_then_max_in_flight(lab: Lab, dummy_release: str):
     assert vm_file(lab, cid, "/var/vcap/jobs/dummy/config/dummy.conf") == "message=beta-v1\nindex=2\n"
 
 
-def test_property_change_touching_one_group_updates_only_it(lab: Lab):
+def test_property_change_touching_one_group_updates_only_it(lab: Lab) -> None:
     before = by_name(instances(lab, DEP))
     task = lab.wait_task(post_deploy(lab, two_groups(alpha="alpha-v2")))
     assert task["state"] == "done", task
@@ -79,7 +96,7 @@ def test_property_change_touching_one_group_updates_only_it(lab: Lab):
     assert not methods_by_agent(lab, again["id"])
 
 
-def test_a_failing_canary_stops_the_deploy_and_the_rest_keep_the_old_version(lab: Lab):
+def test_a_failing_canary_stops_the_deploy_and_the_rest_keep_the_old_version(lab: Lab) -> None:
     before = by_name(instances(lab, DEP))
     bad = two_groups(alpha="alpha-v2", beta="beta-v2", beta_jobs=("dummy", "never-running"),
                      update={"canary_watch_time": "500-3000"})
@@ -105,12 +122,12 @@ def test_a_failing_canary_stops_the_deploy_and_the_rest_keep_the_old_version(lab
     assert by_name(instances(lab, DEP))["beta/0"]["configuration_hash"] == before["beta/0"]["configuration_hash"]
 
 
-def test_stop_start_restart_one_instance_or_a_group(lab: Lab):
+def test_stop_start_restart_one_instance_or_a_group(lab: Lab) -> None:
     rows = by_name(instances(lab, DEP))
     b1 = rows["beta/1"]
     p = cli(lab, "stop", "-d", DEP, "beta/1")
     assert p.returncode == 0, p.stderr
-    task_id = int(re.search(r"Task (\d+) done", p.stderr).group(1))
+    task_id = task_done_id(p.stderr)
     assert methods_by_agent(lab, task_id) == {b1["agent_id"]: ["drain", "stop"]}
     drain = next(a for _, m, a in sent(lab, task_id) if m == "drain")
     assert drain == ["shutdown"]
@@ -123,12 +140,12 @@ def test_stop_start_restart_one_instance_or_a_group(lab: Lab):
     assert t["state"] == "done" and not methods_by_agent(lab, t["id"])
     p = cli(lab, "start", "-d", DEP, f"beta/{b1['id']}")          # by uuid this time
     assert p.returncode == 0, p.stderr
-    task_id = int(re.search(r"Task (\d+) done", p.stderr).group(1))
+    task_id = task_done_id(p.stderr)
     assert methods_by_agent(lab, task_id) == {b1["agent_id"]: ["start"]}
     wait_for("beta/1 running", lambda: by_name(instances(lab, DEP))["beta/1"]["process_state"] == "running", 15)
     p = cli(lab, "restart", "-d", DEP, "alpha")
     assert p.returncode == 0, p.stderr
-    task_id = int(re.search(r"Task (\d+) done", p.stderr).group(1))
+    task_id = task_done_id(p.stderr)
     touched = methods_by_agent(lab, task_id)
     assert set(touched) == {rows[f"alpha/{i}"]["agent_id"] for i in range(3)}
     assert all(m == ["drain", "stop", "start"] for m in touched.values()), touched
@@ -136,7 +153,7 @@ def test_stop_start_restart_one_instance_or_a_group(lab: Lab):
     assert upd[0]["task"].endswith("(canary)") and in_flight_peak(upd[2:]) == 2
 
 
-def test_listings_take_json_and_exit_codes_are_stable(lab: Lab):
+def test_listings_take_json_and_exit_codes_are_stable(lab: Lab) -> None:
     p = cli(lab, "instances", "-d", DEP, "--ps", "--json")
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)
@@ -166,29 +183,27 @@ def test_listings_take_json_and_exit_codes_are_stable(lab: Lab):
     assert p.returncode == 1 and "in use by deployment(s)" in p.stderr and DEP in p.stderr
 
 
-def subprocess_unreachable():
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "boshlab.cli", "-e", "http://127.0.0.1:9", "deployments"],
+def subprocess_unreachable() -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli", "-e", "http://127.0.0.1:9", "deployments"],
                           capture_output=True, text=True, timeout=60)
 
 
-def _unknown_job(m: dict) -> None:
+def _unknown_job(m: dict[str, Any]) -> None:
     m["instance_groups"][0]["jobs"][0]["name"] = "no-such-job"
 
 
-def _unknown_release(m: dict) -> None:
+def _unknown_release(m: dict[str, Any]) -> None:
     m["releases"] = [{"name": "no-such-release", "version": "latest"}]
     for g in m["instance_groups"]:
         for j in g["jobs"]:
             j["release"] = "no-such-release"
 
 
-def _missing_property(m: dict) -> None:
+def _missing_property(m: dict[str, Any]) -> None:
     m["instance_groups"][1]["jobs"].append({"name": "needs-property", "release": "dummy"})
 
 
-def _bad_update(m: dict) -> None:
+def _bad_update(m: dict[str, Any]) -> None:
     m["update"]["max_in_flight"] = 0
 
 
@@ -198,7 +213,7 @@ def _bad_update(m: dict) -> None:
     (_missing_property, "needy.value"),
     (_bad_update, "max_in_flight must be"),
 ])
-def test_invalid_manifests_fail_before_anything_changes(lab: Lab, change, problem):
+def test_invalid_manifests_fail_before_anything_changes(lab: Lab, change: Callable[[dict[str, Any]], None], problem: str) -> None:
     before = by_name(instances(lab, DEP))
     doc = yaml.safe_load(two_groups(alpha="alpha-v3"))
     change(doc)
@@ -210,7 +225,7 @@ def test_invalid_manifests_fail_before_anything_changes(lab: Lab, change, proble
     assert {n: r["configuration_hash"] for n, r in after.items()} == {n: r["configuration_hash"] for n, r in before.items()}
 
 
-def test_static_and_dynamic_ips_on_a_manual_network(lab: Lab, dummy_release: str):
+def test_static_and_dynamic_ips_on_a_manual_network(lab: Lab, dummy_release: str) -> None:
     net = free_subnet()
     hosts = list(net.hosts())
     gw, static = hosts[0], [str(hosts[9]), str(hosts[10])]
@@ -236,13 +251,14 @@ def test_static_and_dynamic_ips_on_a_manual_network(lab: Lab, dummy_release: str
     assert not run(["docker", "ps", "-aq", "--filter", "label=io.bosh-lab.deployment=static-ips"]).stdout.strip()
 
 
-def test_delete_release_version(lab: Lab, dummy_release: str, tmp_path):
+def test_delete_release_version(lab: Lab, dummy_release: str, tmp_path: Path) -> None:
     from boshlab.release import create_release
+
     from .conftest import ROOT
     create_release(ROOT / "tests" / "assets" / "releases" / "dummy", tmp_path / "d2.tgz", version="2")
     status, body, _ = lab.request("POST", "/releases", (tmp_path / "d2.tgz").read_bytes(), content_type="application/x-compressed")
     assert status == 202 and lab.wait_task(json.loads(body)["id"])["state"] == "done"
-    versions = lambda: [v["version"] for r in lab.get("/releases") if r["name"] == "dummy" for v in r["release_versions"]]  # noqa: E731
+    versions: Callable[[], list[str]] = lambda: [v["version"] for r in lab.get("/releases") if r["name"] == "dummy" for v in r["release_versions"]]  # noqa: E731
     assert versions() == ["1", "2"]
     p = cli(lab, "delete-release", "dummy/2")
     assert p.returncode == 0, p.stderr

@@ -3,19 +3,33 @@ restarted director, a killed VM or a cancelled task cannot disturb another test.
 from __future__ import annotations
 
 import json
-import re
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cli.client import DirectorUnreachable
+
 from .conftest import Lab, run
-from .deployments_helpers import (by_name, cli, events, group, instances, manifest, methods_by_agent, post_deploy,
-                                  sent, wait_for)
+from .deployments_helpers import (
+    by_name,
+    cli,
+    events,
+    group,
+    instances,
+    manifest,
+    methods_by_agent,
+    post_deploy,
+    sent,
+    task_done_id,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 
-def deploy_ok(lab: Lab, text: str) -> dict:
+def deploy_ok(lab: Lab, text: str) -> dict[str, Any]:
     task = lab.wait_task(post_deploy(lab, text))
     assert task["state"] == "done", task
     return task
@@ -28,11 +42,11 @@ def output_has(lab: Lab, task_id: int, kind: str, needle: str) -> bool:
 def director_healthy(lab: Lab) -> bool:
     try:
         return lab.request("GET", "/healthz", auth=None)[0] == 200
-    except OSError:
+    except (DirectorUnreachable, OSError):
         return False
 
 
-def test_restarting_the_director_mid_deploy_fails_the_task_and_keeps_the_state(lab: Lab, dummy_release: str):
+def test_restarting_the_director_mid_deploy_fails_the_task_and_keeps_the_state(lab: Lab, dummy_release: str) -> None:
     redis_before = lab.instance()
     slow = {"canary_watch_time": "4000-10000", "update_watch_time": "4000-10000"}
     deploy_ok(lab, manifest("restart-me", [group("app", 2, "v1")], slow))
@@ -60,7 +74,7 @@ def test_restarting_the_director_mid_deploy_fails_the_task_and_keeps_the_state(l
     print(f"director restart took {restart_s:.1f}s")
 
 
-def test_cancel_task_cancels_the_agents_drain_and_a_second_deploy_is_refused(lab: Lab, dummy_release: str):
+def test_cancel_task_cancels_the_agents_drain_and_a_second_deploy_is_refused(lab: Lab, dummy_release: str) -> None:
     deploy_ok(lab, manifest("cancel-me", [group("app", 1, "v1")], properties={"dummy": {"drain_seconds": 120}}))
     v2 = manifest("cancel-me", [group("app", 1, "v2")], properties={"dummy": {"drain_seconds": 0}})
     task_id = post_deploy(lab, v2)
@@ -88,14 +102,14 @@ def test_cancel_task_cancels_the_agents_drain_and_a_second_deploy_is_refused(lab
     assert "Task" in p.stderr and "Duration" in p.stderr and "Updating instance app: app/" in p.stderr
 
 
-def lab_tmp(lab: Lab):
+def lab_tmp(lab: Lab) -> Path:
     from .conftest import ROOT
     d = ROOT / ".pytest_cache" / "manifests"
     d.mkdir(parents=True, exist_ok=True)
     return d / f"{lab.project}-cancel-me.yml"
 
 
-def test_a_killed_vm_shows_unresponsive_and_cloud_check_brings_it_back(lab: Lab, dummy_release: str):
+def test_a_killed_vm_shows_unresponsive_and_cloud_check_brings_it_back(lab: Lab, dummy_release: str) -> None:
     deploy_ok(lab, manifest("kill-me", [group("app", 2)]))
     before = by_name(instances(lab, "kill-me"))
     run(["docker", "kill", before["app/0"]["vm_cid"]])
@@ -130,7 +144,7 @@ def test_a_killed_vm_shows_unresponsive_and_cloud_check_brings_it_back(lab: Lab,
     assert not run(["docker", "ps", "-aq", "--filter", f"id={before['app/0']['vm_cid']}"]).stdout.strip()
 
 
-def test_resurrection_recreates_a_vanished_vm(lab: Lab, dummy_release: str):
+def test_resurrection_recreates_a_vanished_vm(lab: Lab, dummy_release: str) -> None:
     deploy_ok(lab, manifest("resurrect-me", [group("app", 1)]))
     before = instances(lab, "resurrect-me")[0]
     assert cli(lab, "update-resurrection", "on", "-d", "resurrect-me").returncode == 0
@@ -149,12 +163,12 @@ def test_resurrection_recreates_a_vanished_vm(lab: Lab, dummy_release: str):
     print(f"resurrected after {took:.1f}s")
 
 
-def test_recreate_one_instance_then_delete_the_deployment(lab: Lab, dummy_release: str):
+def test_recreate_one_instance_then_delete_the_deployment(lab: Lab, dummy_release: str) -> None:
     deploy_ok(lab, manifest("recreate-me", [group("app", 2)]))
     before = by_name(instances(lab, "recreate-me"))
     p = cli(lab, "recreate", "-d", "recreate-me", f"app/{before['app/1']['id'][:8]}")
     assert p.returncode == 0, p.stderr
-    task_id = int(re.search(r"Task (\d+) done", p.stderr).group(1))
+    task_id = task_done_id(p.stderr)
     after = by_name(instances(lab, "recreate-me"))
     assert after["app/0"]["vm_cid"] == before["app/0"]["vm_cid"]
     assert after["app/1"]["vm_cid"] != before["app/1"]["vm_cid"] and after["app/1"]["id"] == before["app/1"]["id"]

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 import yaml
+
+import nats
 
 from .conftest import ROOT, Lab, run
 from .deployments_helpers import FAST_UPDATE, cli, instances, post_deploy, sent, wait_for
@@ -71,7 +72,7 @@ def redis_disk(lab: Lab) -> Iterator[str]:
     assert not [v for v in volumes(lab) if "-disk-" in v], "disks left behind"
 
 
-def test_disk_is_created_attached_mounted_and_checked(lab: Lab, redis_disk: str):
+def test_disk_is_created_attached_mounted_and_checked(lab: Lab, redis_disk: str) -> None:
     inst = instances(lab, redis_disk)[0]
     [disk] = [d for d in disks(lab) if d["deployment"] == redis_disk]
     assert disk["size"] == 100 and not disk["orphaned"] and disk["cid"] in volumes(lab)
@@ -84,7 +85,7 @@ def test_disk_is_created_attached_mounted_and_checked(lab: Lab, redis_disk: str)
     assert ("mount_disk", [disk["cid"]]) in methods
 
 
-def test_logs_tarball_has_redis_log(lab: Lab, redis_disk: str, tmp_path: Path):
+def test_logs_tarball_has_redis_log(lab: Lab, redis_disk: str, tmp_path: Path) -> None:
     p = cli(lab, "logs", "-d", redis_disk, "redis/0", "--dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
     path = Path(p.stdout.strip())
@@ -98,7 +99,7 @@ def test_logs_tarball_has_redis_log(lab: Lab, redis_disk: str, tmp_path: Path):
         assert any(n.lstrip("./") == "current" for n in tar.getnames())
 
 
-def test_ssh_runs_a_command_and_cleans_up(lab: Lab, redis_disk: str):
+def test_ssh_runs_a_command_and_cleans_up(lab: Lab, redis_disk: str) -> None:
     if shutil.which("ssh") is None:
         pytest.skip("no ssh client (tests/run installs openssh-client)")
     p = cli(lab, "ssh", "-d", redis_disk, "redis/0", "-c", "cat /var/vcap/jobs/redis/config/redis.conf")
@@ -110,7 +111,7 @@ def test_ssh_runs_a_command_and_cleans_up(lab: Lab, redis_disk: str):
     assert "ssh setup: user bosh_" in log and "ssh cleanup: deleted user bosh_" in log
 
 
-async def test_bad_disk_logs_ssh_messages_get_exceptions(lab: Lab, redis_disk: str):
+async def test_bad_disk_logs_ssh_messages_get_exceptions(lab: Lab, redis_disk: str) -> None:
     agent_id = instances(lab, redis_disk)[0]["agent_id"]
     nc = await nats.connect(f"nats://nats:nats@127.0.0.1:{lab.ports['nats']}")
     try:
@@ -143,7 +144,7 @@ async def test_bad_disk_logs_ssh_messages_get_exceptions(lab: Lab, redis_disk: s
         await nc.close()
 
 
-def test_data_survives_recreate_resize_and_disk_is_orphaned(lab: Lab, redis_disk: str):
+def test_data_survives_recreate_resize_and_disk_is_orphaned(lab: Lab, redis_disk: str) -> None:
     assert redis_cli(lab, "SET", "before-recreate", "1") == "OK" and redis_cli(lab, "SAVE") == "OK"
     [old] = [d["cid"] for d in disks(lab) if d["deployment"] == redis_disk]
     old_vm = instances(lab, redis_disk)[0]["vm_cid"]
@@ -222,7 +223,7 @@ def drainy_manifest(message: str, drain_seconds: int = 0) -> str:
         "properties": {"dummy": {"message": message, "drain_seconds": drain_seconds}}}, sort_keys=False)
 
 
-def test_dynamic_drain_polls_status_then_cancel_stops_a_drain(lab: Lab, drainy_release: str, tmp_path: Path):
+def test_dynamic_drain_polls_status_then_cancel_stops_a_drain(lab: Lab, drainy_release: str, tmp_path: Path) -> None:
     assert lab.deploy(drainy_manifest("v1"))["state"] == "done"
     # v1's script answers -1, -1, 0: two `drain status` rounds.
     task_id = post_deploy(lab, drainy_manifest("v2", drain_seconds=3600))

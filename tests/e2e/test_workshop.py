@@ -2,21 +2,20 @@
 nats-server, nginx DAV, monit and Docker. Tests run in file order and share the one lab."""
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 import time
-from datetime import datetime, timezone
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import nats
-import pytest
-import urllib.request
-import urllib.error
-from base64 import b64encode
 
 from .conftest import ROOT, Lab
 
@@ -29,7 +28,7 @@ def messages(log: str) -> list[tuple[datetime, str]]:
     """(svlogd time, method) of every `INFO: Message:` line of an agent log."""
     out = []
     for m in re.finditer(STAMP + r' #\[\d+\] INFO: Message: \{"method"=>"([a-z_]+)"', log):
-        out.append((datetime.strptime(m.group(1), "%Y-%m-%d_%H:%M:%S.%f").replace(tzinfo=timezone.utc), m.group(2)))
+        out.append((datetime.strptime(m.group(1), "%Y-%m-%d_%H:%M:%S.%f").replace(tzinfo=UTC), m.group(2)))
     return out
 
 
@@ -43,11 +42,11 @@ def redis_started_at(lab: Lab, cid: str) -> list[datetime]:
     log = lab.vm_exec(cid, "cat", "/var/vcap/sys/log/redis/redis.log", check=False)
     out = []
     for m in re.finditer(r"(\d{1,2} \w{3} \d{4} \d{2}:\d{2}:\d{2}\.\d{3}) # oO0OoO0OoO0Oo Redis is starting", log):
-        out.append(datetime.strptime(m.group(1), "%d %b %Y %H:%M:%S.%f").replace(tzinfo=timezone.utc))
+        out.append(datetime.strptime(m.group(1), "%d %b %Y %H:%M:%S.%f").replace(tzinfo=UTC))
     return out
 
 
-def test_redis_instance_is_running(lab: Lab):
+def test_redis_instance_is_running(lab: Lab) -> None:
     inst = lab.instance()
     assert inst["vm_cid"], inst
     deadline = time.monotonic() + 30
@@ -58,13 +57,13 @@ def test_redis_instance_is_running(lab: Lab):
     assert inst["configuration_hash"] and re.fullmatch(r"[0-9a-f]{40}", inst["configuration_hash"])
 
 
-def test_redis_answers_with_the_decks_password(lab: Lab):
+def test_redis_answers_with_the_decks_password(lab: Lab) -> None:
     cid = lab.instance()["vm_cid"]
     assert redis_cli(lab, cid, 6379, "r3d!s", "ping") == "PONG"
     assert "NOAUTH" in redis_cli(lab, cid, 6379, "wrong", "ping") or "WRONGPASS" in redis_cli(lab, cid, 6379, "wrong", "ping")
 
 
-def test_agent_log_shows_boot_and_the_apply_sequence(lab: Lab):
+def test_agent_log_shows_boot_and_the_apply_sequence(lab: Lab) -> None:
     cid = lab.instance()["vm_cid"]
     log = lab.agent_log(cid)
     for line in ("INFO: Starting agent", "INFO: Configuring agent...", "INFO: Docker user data: ",
@@ -78,7 +77,7 @@ def test_agent_log_shows_boot_and_the_apply_sequence(lab: Lab):
     assert '"method"=>"drain", "arguments"=>["update", {' in log
 
 
-def test_redis_did_not_run_between_apply_and_start(lab: Lab):
+def test_redis_did_not_run_between_apply_and_start(lab: Lab) -> None:
     cid = lab.instance()["vm_cid"]
     msgs = messages(lab.agent_log(cid))
     start_at = next(t for t, m in msgs if m == "start")
@@ -88,7 +87,7 @@ def test_redis_did_not_run_between_apply_and_start(lab: Lab):
     assert all(s >= start_at for s in starts), (apply_at, start_at, starts)
 
 
-def test_director_debug_log_has_sent_and_received(lab: Lab):
+def test_director_debug_log_has_sent_and_received(lab: Lab) -> None:
     tasks = lab.get("/tasks?limit=50")
     deploy = next(t for t in tasks if t["description"] == "create deployment" and t["state"] == "done")
     debug = lab.task_output(deploy["id"], "debug")
@@ -108,7 +107,7 @@ def test_director_debug_log_has_sent_and_received(lab: Lab):
     assert "RECEIVED: director." in debug
 
 
-def test_blobstore_refuses_anonymous_and_agent_delete(lab: Lab):
+def test_blobstore_refuses_anonymous_and_agent_delete(lab: Lab) -> None:
     base = f"http://127.0.0.1:{lab.ports['blobstore']}"
 
     def call(method: str, path: str, user: str | None, data: bytes | None = None) -> int:
@@ -117,7 +116,8 @@ def test_blobstore_refuses_anonymous_and_agent_delete(lab: Lab):
             req.add_header("Authorization", "Basic " + b64encode(f"{user}:{user}".encode()).decode())
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status
+                status: int = r.status
+                return status
         except urllib.error.HTTPError as e:
             return e.code
     path = "/ab/e2e-test-blob"
@@ -129,7 +129,7 @@ def test_blobstore_refuses_anonymous_and_agent_delete(lab: Lab):
     assert call("DELETE", path, "director") == 204
 
 
-async def test_nats_refuses_anonymous(lab: Lab):
+async def test_nats_refuses_anonymous(lab: Lab) -> None:
     url = f"nats://127.0.0.1:{lab.ports['nats']}"
     with pytest.raises(Exception, match="(?i)authorization"):
         await nats.connect(url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
@@ -137,19 +137,20 @@ async def test_nats_refuses_anonymous(lab: Lab):
     await nc.close()
 
 
-async def test_agent_answers_bad_messages_and_lives_on(lab: Lab):
+async def test_agent_answers_bad_messages_and_lives_on(lab: Lab) -> None:
     inst = lab.instance()
     nc = await nats.connect(f"nats://nats:nats@127.0.0.1:{lab.ports['nats']}")
     try:
         subject = f"agent.{inst['agent_id']}"
 
-        async def ask(payload: dict) -> dict:
+        async def ask(payload: dict[str, Any]) -> dict[str, Any]:
             inbox = nc.new_inbox()
             sub = await nc.subscribe(inbox)
             await nc.publish(subject, json.dumps(dict(payload, reply_to=inbox)).encode())
             msg = await sub.next_msg(timeout=10)
             await sub.unsubscribe()
-            return json.loads(msg.data)
+            reply: dict[str, Any] = json.loads(msg.data)
+            return reply
         assert (await ask({"method": "no_such_thing", "arguments": []})) == {"exception": {"message": "unknown message no_such_thing"}}
         bad = await ask({"protocol": 3, "method": "apply", "arguments": []})
         assert "exception" in bad and "argument" in bad["exception"]["message"].lower()
@@ -163,7 +164,7 @@ async def test_agent_answers_bad_messages_and_lives_on(lab: Lab):
     assert redis_cli(lab, cid, 6379, "r3d!s", "ping") == "PONG"
 
 
-def test_redeploy_with_overrides_moves_redis(lab: Lab):
+def test_redeploy_with_overrides_moves_redis(lab: Lab) -> None:
     cid = lab.instance()["vm_cid"]
     before = len(messages(lab.agent_log(cid)))
     t0 = time.monotonic()
@@ -183,7 +184,7 @@ def test_redeploy_with_overrides_moves_redis(lab: Lab):
     print(f"override redeploy took {took:.1f}s")
 
 
-def test_deploying_the_same_manifest_again_touches_nothing(lab: Lab):
+def test_deploying_the_same_manifest_again_touches_nothing(lab: Lab) -> None:
     cid = lab.instance()["vm_cid"]
     before = len(messages(lab.agent_log(cid)))
     task = lab.deploy((ROOT / "workshop" / "manifests" / "redis-solo-overrides.yml").read_text())
@@ -192,7 +193,7 @@ def test_deploying_the_same_manifest_again_touches_nothing(lab: Lab):
     assert not {"drain", "stop", "apply", "start"} & set(after), after
 
 
-def test_missing_property_fails_before_touching_redis(lab: Lab, tmp_path: Path):
+def test_missing_property_fails_before_touching_redis(lab: Lab, tmp_path: Path) -> None:
     """A release whose template needs a property with no default: the deploy fails naming it, and the
     running redis keeps answering on its port."""
     src = tmp_path / "release"

@@ -1,18 +1,25 @@
-"""Persistent disk decisions (director/disks.py) and the CLI verbs that reach a VM (boshlab/cli_agent.py)."""
+"""Persistent disk decisions (director/planner.py ``disk_change``, director/vms.py ``disk_settings``) and the CLI
+verbs that reach a VM (cli/commands_agent.py)."""
 from __future__ import annotations
 
 import pytest
 
-from boshlab.cli import parser
-from director.disks import disk_change, disk_settings
+from cli.main import parser
+from director.planner import disk_change
+from director.store import DiskRow
+from director.vms import disk_settings
+
+
+def disk(size: int) -> DiskRow:
+    return DiskRow("c1", "d", "i1", "g/i1", size, False, 1.0, None)
 
 
 @pytest.mark.parametrize("have, want, change", [
-    (None, 0, None), (None, 100, "create"), ({"size": 100}, 100, None), ({"size": 100}, 200, "resize"),
-    ({"size": 200}, 100, "resize"), ({"size": 100}, 0, "orphan"),
+    (None, 0, None), (None, 100, "create"), (100, 100, None), (100, 200, "resize"),
+    (200, 100, "resize"), (100, 0, "orphan"),
 ])
-def test_disk_change(have: dict[str, int] | None, want: int, change: str | None) -> None:
-    assert disk_change(have, want) == change
+def test_disk_change(have: int | None, want: int, change: str | None) -> None:
+    assert disk_change(None if have is None else disk(have), want) == change
 
 
 def test_disk_settings_name_the_mount_the_cpi_makes() -> None:

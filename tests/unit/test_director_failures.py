@@ -7,9 +7,9 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -18,16 +18,17 @@ from agent.log import setup_logging
 from agent.mbus import MBus
 from agent.paths import Paths
 from agent.settings import SettingsError, SettingsService
-from director.cpi import VMStatus
-from director.deployer import Deployer
+from director.cpi import CPI, VMStatus
 from director.diagnose import diagnose_agent_log
-from director.nats_rpc import RpcTimeout
+from director.nats_rpc import Agents, NatsRpc, RpcTimeout
+from director.store import Registry
 from director.tasks import Task, TaskFailed
+from director.vms import AgentEnv, VMs
 from tests.unit.conftest import NatsServer, free_port
 
 
 @pytest.fixture
-def agent_log():
+def agent_log() -> io.StringIO:
     buf = io.StringIO()
     setup_logging(buf)
     return buf
@@ -41,11 +42,12 @@ def nats_port(nats_server: NatsServer) -> int:
 async def connect_for(mbus: MBus, seconds: float) -> None:
     try:
         await asyncio.wait_for(mbus.connect(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
-async def test_wrong_nats_credentials_are_named(nats_port, agent_log, monkeypatch):
+async def test_wrong_nats_credentials_are_named(nats_port: int, agent_log: io.StringIO,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep)
     await connect_for(MBus(f"nats://nats:wrong@127.0.0.1:{nats_port}", "a1", connect_timeout=1), 4)
     found = diagnose_agent_log(agent_log.getvalue())
@@ -53,7 +55,7 @@ async def test_wrong_nats_credentials_are_named(nats_port, agent_log, monkeypatc
     assert "wrong NATS credentials" in str(found)
 
 
-async def test_unreachable_nats_is_named(agent_log, monkeypatch):
+async def test_unreachable_nats_is_named(agent_log: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep)
     await connect_for(MBus(f"nats://nats:nats@127.0.0.1:{free_port()}", "a1", connect_timeout=1), 4)
     found = diagnose_agent_log(agent_log.getvalue())
@@ -68,7 +70,7 @@ async def _fast_sleep(delay: float, *a: Any) -> Any:
 
 
 @pytest.mark.parametrize("status, kind", [(404, "settings_not_found"), (401, "registry_credentials")])
-async def test_registry_answers_are_named(tmp_path, agent_log, status, kind):
+async def test_registry_answers_are_named(tmp_path: Path, agent_log: io.StringIO, status: int, kind: str) -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"status": "nope"}, status=status)
     app = web.Application()
@@ -90,7 +92,7 @@ async def test_registry_answers_are_named(tmp_path, agent_log, status, kind):
     assert found is not None and found.kind == kind, agent_log.getvalue()
 
 
-def test_one_failure_is_not_yet_a_diagnosis_and_a_connected_agent_is_fine():
+def test_one_failure_is_not_yet_a_diagnosis_and_a_connected_agent_is_fine() -> None:
     one = "#[1] WARN: NATS connection failed (NoServersError: nats: no servers available for connection), retrying in 2 s\n"
     assert diagnose_agent_log(one) is None
     assert diagnose_agent_log(one * 2).kind == "nats_unreachable"  # type: ignore[union-attr]
@@ -100,18 +102,23 @@ def test_one_failure_is_not_yet_a_diagnosis_and_a_connected_agent_is_fine():
 
 
 class FakeCPI:
+    """Just what VMs.wait_until_ready asks of a CPI: the VM's status and a look at its agent's log."""
+
     def __init__(self, log: str, running: bool = True, exit_code: int | None = None) -> None:
         self.log, self.running, self.exit_code = log, running, exit_code
+        self.execs: list[list[str]] = []
 
-    async def vm_status(self, cid: str) -> VMStatus:
+    async def vm_status(self, cid: str, tail: int = 20) -> VMStatus:
         return VMStatus(True, self.running, self.exit_code, "running" if self.running else "exited",
                         "" if self.running else "stemcell-init: runsvdir died\n")
 
-    async def exec_in(self, cid: str, cmd: list[str]) -> tuple[int, str]:
+    async def exec(self, cid: str, cmd: list[str]) -> tuple[int, str]:
+        self.execs.append(cmd)
         return 0, self.log
 
 
 class SilentRpc:
+    """A NATS connection on which no agent ever answers."""
     connected = True
     redacted_url = "nats://nats:***@nats:4222"
 
@@ -120,42 +127,49 @@ class SilentRpc:
         raise RpcTimeout("no answer")
 
 
-def fake_director(cpi: FakeCPI, rpc: Any = None) -> Any:
-    cfg = SimpleNamespace(rpc_timeout=1, poll_interval=0.1, agent_wait_timeout=60)
-    return SimpleNamespace(config=cfg, rpc=rpc or SilentRpc(), cpi=cpi)
+ENV = AgentEnv("http://admin:admin@director:25889", "nats://nats:nats@nats:4222",
+               {"provider": "dav", "options": {"endpoint": "http://blobstore:25250", "user": "agent",
+                                               "password": "agent"}}, 30.0, wait_timeout=60)
+
+
+def vms_for(cpi: FakeCPI, task: Task, rpc: SilentRpc | None = None) -> VMs:
+    agents = Agents(cast(NatsRpc, rpc or SilentRpc()), timeout=1, poll_interval=0.1)
+    return VMs(cast(CPI, cpi), cast(Registry, None), agents, ENV, task)
 
 
 @pytest.fixture
-def task(tmp_path):
+def task(tmp_path: Path) -> Iterator[Task]:
     t = Task(1, "test", tmp_path / "t")
     yield t
     t.close()
 
 
-async def test_wait_until_ready_names_the_cause_within_seconds(task, monkeypatch):
-    monkeypatch.setattr("director.deployer.DIAGNOSE_AFTER", 0.2)
+async def test_wait_until_ready_names_the_cause_within_seconds(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("director.vms.DIAGNOSE_AFTER", 0.2)
     log = "#[7] WARN: Fetching settings from the registry failed (attempt 1/60): registry answered 404 for http://x\n" * 2
+    cpi = FakeCPI(log)
     t0 = time.monotonic()
     with pytest.raises(TaskFailed, match="settings are not in the registry") as e:
-        await Deployer(fake_director(FakeCPI(log)), task).wait_until_ready("agent-1", "cid-1", "vm-1")
+        await vms_for(cpi, task).wait_until_ready("agent-1", "cid-1", "vm-1")
     assert time.monotonic() - t0 < 5
     assert "The agent's log ends with" in str(e.value)
+    assert cpi.execs and cpi.execs[0][-1] == "/var/vcap/bosh/log/current"
 
 
-async def test_wait_until_ready_names_an_exited_vm(task):
+async def test_wait_until_ready_names_an_exited_vm(task: Task) -> None:
     with pytest.raises(TaskFailed, match="exited with code 3 before its agent answered ping") as e:
-        await Deployer(fake_director(FakeCPI("", running=False, exit_code=3)), task).wait_until_ready("a", "c", "vm")
+        await vms_for(FakeCPI("", running=False, exit_code=3), task).wait_until_ready("a", "c", "vm")
     assert "runsvdir died" in str(e.value)
 
 
-async def test_wait_until_ready_names_the_directors_own_nats(task):
+async def test_wait_until_ready_names_the_directors_own_nats(task: Task) -> None:
     rpc = SilentRpc()
     rpc.connected = False
     with pytest.raises(TaskFailed, match="the director has no NATS connection"):
-        await Deployer(fake_director(FakeCPI(""), rpc), task).wait_until_ready("a", "c", "vm")
+        await vms_for(FakeCPI(""), task, rpc).wait_until_ready("a", "c", "vm")
 
 
-def test_timeouts_are_not_named_too_soon():
+def test_timeouts_are_not_named_too_soon() -> None:
     """A busy director (it is the registry) or a slow NATS times out now and then: not a cause yet."""
     line = "#[1] WARN: Fetching settings from the registry failed (attempt 1/60): TimeoutError: TimeoutError\n"
     assert diagnose_agent_log(line * 2) is None

@@ -1,19 +1,18 @@
-"""The director's state in sqlite: releases, compiled packages, deployments, instances, tasks, registry.
+"""The sqlite connection: every query runs in one thread of its own (sqlite blocks), serialised by a lock.
 
-sqlite is blocking, so every query runs in a worker thread (one connection, serialised by a lock)."""
+Only the repositories beside this module write SQL; everything else asks them for typed rows."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Row = dict[str, Any]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -53,11 +52,15 @@ CREATE TABLE IF NOT EXISTS disks (
 
 # Columns added after the first schema: a volume kept from an older lab gets them on open.
 MIGRATIONS = [
-    ("instances", "networks", "TEXT"),                      # {"<manifest network>": "<ip>"}
+    ("instances", "networks", "TEXT"),                      # {"<manifest network>": {"ip", "range"}}
     ("instances", "dirty", "INTEGER NOT NULL DEFAULT 0"),   # an update started and did not finish
     ("instances", "vm_created_at", "REAL"),
     ("deployments", "releases", "TEXT NOT NULL DEFAULT '{}'"),  # {"<release>": "<resolved version>"}
+    ("registry", "user", "TEXT"),                           # the one VM's credentials for its own settings
+    ("registry", "password", "TEXT"),
 ]
+
+Statement = tuple[str, tuple[Any, ...]]
 
 
 class Database:
@@ -68,7 +71,7 @@ class Database:
         # One thread of its own: queries never wait behind other blocking work (Docker calls, file I/O).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
-    def _thread(self, fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
+    def _thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
@@ -91,6 +94,7 @@ class Database:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._thread(conn.close)
+        self._pool.shutdown(wait=False)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         assert self._conn is not None, "database is not open"
@@ -106,16 +110,16 @@ class Database:
             return int(cur.lastrowid or cur.rowcount)
         return await self.run(go)
 
-    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         return await self.run(lambda c: [dict(r) for r in c.execute(sql, params).fetchall()])
 
-    async def one(self, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
-        def go(c: sqlite3.Connection) -> dict[str, Any] | None:
+    async def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
+        def go(c: sqlite3.Connection) -> Row | None:
             r = c.execute(sql, params).fetchone()
             return dict(r) if r else None
         return await self.run(go)
 
-    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    async def transaction(self, statements: list[Statement]) -> None:
         """Run statements all-or-nothing."""
         def go(c: sqlite3.Connection) -> None:
             c.execute("BEGIN")
@@ -127,21 +131,3 @@ class Database:
                 raise
             c.execute("COMMIT")
         await self.run(go)
-
-    # --- registry (settings agents read at boot) -----------------------------------------------------
-
-    async def put_settings(self, instance_id: str, settings: dict[str, Any]) -> None:
-        await self.execute("INSERT INTO registry (instance_id, settings) VALUES (?, ?) "
-                           "ON CONFLICT(instance_id) DO UPDATE SET settings=excluded.settings",
-                           (instance_id, json.dumps(settings)))
-
-    async def get_settings(self, instance_id: str) -> str | None:
-        row = await self.one("SELECT settings FROM registry WHERE instance_id=?", (instance_id,))
-        return str(row["settings"]) if row else None
-
-    async def delete_settings(self, instance_id: str) -> None:
-        await self.execute("DELETE FROM registry WHERE instance_id=?", (instance_id,))
-
-
-def now() -> float:
-    return time.time()

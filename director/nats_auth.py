@@ -1,0 +1,148 @@
+"""Who may use NATS, kept in step with the VMs (BOSH's nats-sync): the director, the operator (people on the
+host) and one user per agent VM, allowed only what an agent needs:
+
+    subscribe  agent.<its id>                        (the director's requests to it)
+    publish    director.>  and  hm.agent.*.<its id>  (its replies; its heartbeats, alerts, shutdown notice)
+
+So no VM can read another's apply spec, command another agent, or forge another agent's heartbeat. The
+director writes ``<auth dir>/auth.conf`` (a volume shared with the nats container only) and the nats container
+reloads nats-server when the file changes; the director then waits until nats-server says it loaded it
+(``config_load_time`` in its monitoring ``/varz``), so a new VM's agent never races its own user. A deleted
+VM's user is removed the same way, and nats-server closes its connections."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+
+log = logging.getLogger("director.nats_auth")
+RELOAD_WAIT = 10.0        # seconds to wait for nats-server to load a new users file
+
+
+class NatsAuthError(Exception):
+    pass
+
+
+def _q(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def agent_permissions(agent_id: str) -> str:
+    return (f'{{publish: {{allow: ["director.>", "hm.agent.*.{_q(agent_id)}"]}}, '
+            f'subscribe: {{allow: ["agent.{_q(agent_id)}"]}}}}')
+
+
+def render(director_password: str, operator: tuple[str, str] | None, agents: dict[str, str]) -> str:
+    """The ``authorization`` block nats-server includes."""
+    users = [f'    {{user: "director", password: "{_q(director_password)}"}}']
+    if operator is not None:
+        users.append(f'    {{user: "{_q(operator[0])}", password: "{_q(operator[1])}"}}')
+    for agent_id, password in sorted(agents.items()):
+        users.append(f'    {{user: "{_q(agent_id)}", password: "{_q(password)}", '
+                     f'permissions: {agent_permissions(agent_id)}}}')
+    return "authorization {\n  timeout: 2\n  users = [\n" + "\n".join(users) + "\n  ]\n}\n"
+
+
+def agent_url(mbus: str, agent_id: str, password: str) -> str:
+    """The agent's mbus URL: the lab's NATS address with the agent's own user and password."""
+    u = urlsplit(mbus)
+    host = u.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((u.scheme, f"{quote(agent_id, safe='')}:{quote(password, safe='')}@{host}", u.path, "", ""))
+
+
+class NatsAuth:
+    """Per-agent NATS users. Without an auth directory (a plain nats-server: the unit tests' default) it is
+    off and every agent gets the shared mbus URL, as in the 2013 deck."""
+
+    def __init__(self, auth_dir: str, monitor_url: str = "", reload_wait: float = RELOAD_WAIT) -> None:
+        self.dir = Path(auth_dir) if auth_dir else None
+        self.monitor_url = monitor_url.rstrip("/")
+        self.reload_wait = reload_wait
+        self.agents: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.dir is not None
+
+    def director_url(self, mbus: str) -> str:
+        """The director's own connection URL (its password was made by the nats container at first start)."""
+        assert self.dir is not None
+        password = (self.dir / "director.password").read_text().strip()
+        return agent_url(mbus, "director", password)
+
+    def _operator(self) -> tuple[str, str] | None:
+        assert self.dir is not None
+        try:
+            return ((self.dir / "operator.user").read_text().strip(),
+                    (self.dir / "operator.password").read_text().strip())
+        except FileNotFoundError:
+            return None
+
+    async def sync(self, agents: dict[str, str]) -> None:
+        """Exactly these agents (id -> password) may connect (at start-up: the VMs that exist)."""
+        if self.dir is None:
+            return
+        async with self._lock:
+            self.agents = dict(agents)
+            await self._write()
+
+    async def add(self, agent_id: str) -> str:
+        """A new agent's password; returns once nats-server accepts it."""
+        password = secrets.token_urlsafe(18)
+        if self.dir is None:
+            return password
+        async with self._lock:
+            self.agents[agent_id] = password
+            await self._write()
+        return password
+
+    async def remove(self, agent_ids: list[str]) -> None:
+        if self.dir is None or not any(a in self.agents for a in agent_ids):
+            return
+        async with self._lock:
+            for a in agent_ids:
+                self.agents.pop(a, None)
+            await self._write()
+
+    async def _write(self) -> None:
+        assert self.dir is not None
+        directory = self.dir
+        before = await self._load_time()
+
+        def write() -> None:
+            text = render((directory / "director.password").read_text().strip(), self._operator(), self.agents)
+            tmp = directory / f".auth.conf.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, directory / "auth.conf")
+        await asyncio.to_thread(write)
+        if not self.monitor_url:
+            return
+        deadline = time.monotonic() + self.reload_wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            now = await self._load_time()
+            if now is not None and now != before:
+                return
+        raise NatsAuthError(f"nats-server did not load the new users within {self.reload_wait:g} s "
+                            f"(is the nats container's reload-on-change running? {self.monitor_url}/varz)")
+
+    async def _load_time(self) -> str | None:
+        if not self.monitor_url:
+            return None
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s, \
+                    s.get(f"{self.monitor_url}/varz") as r:
+                return str(json.loads(await r.text()).get("config_load_time"))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.warning("reading %s/varz: %s", self.monitor_url, e)
+            return None

@@ -1,0 +1,40 @@
+"""The director stops while a deploy runs; a new director on the same data dir and CPI (VMs kept) says why the
+task failed and deploys again."""
+from __future__ import annotations
+
+import time
+
+from director.tasks import SHUTDOWN_REASON
+from tests.support.director_harness import dummy_manifest, wait_until
+from tests.unit.director.conftest import Directors
+
+
+async def test_director_restarted_mid_task(directors: Directors) -> None:
+    d = await directors.make()
+    await d.deploy(dummy_manifest(instances=1))
+    [row] = await d.instances("dep")
+    assert row.vm_cid is not None
+    # a drain that takes 20 s: the task is surely running when the director stops
+    slow = dummy_manifest(instances=1, properties={"dummy": {"drain_seconds": 20, "message": "slow"}})
+    task = await d.ops.deploy_task(slow)
+
+    async def draining() -> bool:
+        return ": drain update" in await d.output(task)
+    await wait_until(draining, timeout=10, what="the deploy draining")
+    assert (await d.ops.task(task)).state == "processing"
+
+    d2 = await directors.restart(d)
+    assert d2.cpi is d.cpi and d2.lab is not d.lab
+    failed = await d2.ops.task(task)
+    assert failed.state == "error" and failed.result == SHUTDOWN_REASON, failed
+    [kept] = await d2.instances("dep")
+    assert kept.vm_cid == row.vm_cid and d2.cpi.vms[row.vm_cid].running, "the VM outlived the director"
+
+    started = time.monotonic()
+    again = await d2.deploy(dummy_manifest(instances=1, properties={"dummy": {"message": "after restart"}}))
+    assert time.monotonic() - started < 15, "the agent's drain of the stopped task was cancelled"
+    [after] = await d2.instances("dep")
+    assert after.vm_cid is not None
+    vm = d2.cpi.vms[after.vm_cid]
+    assert "message=after restart" in (vm.paths.job_link("dummy") / "config" / "dummy.conf").read_text()
+    assert (await d2.ops.task(again)).state == "done"
