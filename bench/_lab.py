@@ -55,6 +55,11 @@ class BenchLab:
     def port(self, service: str, port: int) -> str:
         return self.compose("port", service, str(port)).strip().rsplit(":", 1)[1]
 
+    def nats_url(self) -> str:
+        """The operator's NATS URL (its password lives in the nats-auth volume)."""
+        password = self.compose("exec", "-T", "nats", "cat", "/var/vcap/nats-auth/operator.password").strip()
+        return f"nats://nats:{password}@127.0.0.1:{self.port('nats', 4222)}"
+
     def down(self) -> float:
         self.close()
         t = time.monotonic()

@@ -80,7 +80,7 @@ def main() -> None:
         print("bench: lab up", file=sys.stderr)
         lab.up()
         director = lab.container("director")
-        url = f"nats://nats:nats@127.0.0.1:{lab.port('nats', 4222)}"
+        url = lab.nats_url()
         time.sleep(5)
         base = measure_idle(director, a.seconds)
         results["director_cpu_pct_idle_no_agents"] = round(base, 2)

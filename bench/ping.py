@@ -29,6 +29,13 @@ def compose_port(project: str, service: str, port: int) -> int:
     return int(out.rsplit(":", 1)[1])
 
 
+def operator_password(project: str) -> str:
+    """The operator's NATS password, made at the lab's first start (the nats-auth volume)."""
+    return subprocess.run(["docker", "compose", "-p", project, "exec", "-T", "nats", "cat",
+                           "/var/vcap/nats-auth/operator.password"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
 async def agent_id(api: str, deployment: str) -> str:
     async with DirectorClient(api) as d:
         rows = await d.get_json(f"/deployments/{deployment}/instances")
@@ -44,7 +51,8 @@ async def main() -> None:
     nats_port = compose_port(a.project, "nats", 4222)
     api = f"http://127.0.0.1:{compose_port(a.project, 'director', 25555)}"
     agent = await agent_id(api, a.deployment)
-    nc = await nats.connect(f"nats://nats:nats@127.0.0.1:{nats_port}")
+    password = operator_password(a.project)
+    nc = await nats.connect(f"nats://nats:{password}@127.0.0.1:{nats_port}")   # the operator's user
     echo_subject = f"bench.echo.{uuid.uuid4()}"
 
     async def echo(msg) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ set -eu
 
 for v in "$BLOBSTORE_DIRECTOR_USER" "$BLOBSTORE_AGENT_USER"; do
   case "$v" in
-    ''|*:*) echo "blobstore-entrypoint: user name '$v' must be non-empty and contain no ':'" >&2; exit 1 ;;
+    ''|*[!A-Za-z0-9_.-]*) echo "blobstore-entrypoint: user name '$v' must be letters, digits, '_', '.' or '-'" >&2; exit 1 ;;
   esac
 done
 
@@ -27,9 +27,10 @@ printf '%s:{PLAIN}%s\n' \
   "$BLOBSTORE_AGENT_USER" "$BLOBSTORE_AGENT_PASSWORD" > "$auth/users"
 printf '%s:{PLAIN}%s\n' \
   "$BLOBSTORE_DIRECTOR_USER" "$BLOBSTORE_DIRECTOR_PASSWORD" > "$auth/director_users"
-chown root:www-data "$auth" "$auth/users" "$auth/director_users"
+sed "s/@DIRECTOR_USER@/$BLOBSTORE_DIRECTOR_USER/" /etc/nginx/overwrite.conf.in > "$auth/overwrite.conf"
+chown root:www-data "$auth" "$auth/users" "$auth/director_users" "$auth/overwrite.conf"
 chmod 0750 "$auth"
-chmod 0640 "$auth/users" "$auth/director_users"
+chmod 0640 "$auth/users" "$auth/director_users" "$auth/overwrite.conf"
 
 # A freshly created named volume is owned by root: nginx's workers (www-data) write blobs and temp files.
 # (Only entries not owned by www-data are touched, so a big store costs one walk, not a rewrite.)

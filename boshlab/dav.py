@@ -14,10 +14,11 @@ retries, in a BlobstoreError naming the blob and the deadline that expired. The 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ class DavClient:
             check_sha1(blob_id, sha1, hashlib.sha1(data).hexdigest())
         return data
 
-    async def stream(self, blob_id: str) -> AsyncIterator[tuple[int | None, bytes]]:
+    async def stream(self, blob_id: str) -> AsyncGenerator[tuple[int | None, bytes], None]:
         """A blob as it comes: first ``(content length or None, b"")``, then ``(None, chunk)``s.
         Raises BlobNotFound before yielding anything when it does not exist. The connect and read deadlines
         apply (the consumer sets the pace, so there is no overall one); they end in a BlobstoreError."""
@@ -259,6 +260,17 @@ class DavClient:
                     yield None, chunk
         except aiohttp.ServerTimeoutError as e:
             raise BlobstoreError(f"streaming blob {blob_id} at {self.url(blob_id)}: {self._timeout_text(e)}") from e
+
+    async def sha1_of(self, blob_id: str) -> str | None:
+        """The sha1 of a blob as the blobstore holds it now (streamed, never all in memory); None if missing."""
+        h = hashlib.sha1()
+        try:
+            async with contextlib.aclosing(self.stream(blob_id)) as chunks:
+                async for _, chunk in chunks:
+                    h.update(chunk)
+        except BlobNotFound:
+            return None
+        return h.hexdigest()
 
     async def delete(self, blob_id: str) -> None:
         async def go(sized: Sized) -> None:

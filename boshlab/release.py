@@ -20,6 +20,7 @@ import hashlib
 import io
 import lzma
 import os
+import re
 import tarfile
 import tempfile
 import zlib
@@ -29,6 +30,7 @@ from typing import IO, Any
 
 import yaml
 
+from . import safeyaml
 from .tarball import CorruptTarball, TarLimits, UnsafeTarball, env_int, safe_extract, tar_files
 
 # A job tarball is read into memory (its job.MF, monit and templates; the director stores them): limits,
@@ -42,6 +44,26 @@ class ReleaseError(ValueError):
     """A release (source tree or tarball) is malformed; the text names the file and the problem."""
 
 
+# Names become paths (/var/vcap/jobs/<job>, /var/vcap/packages/<package>, blobs, directories): BOSH's
+# characters only, never '/', '..' or a leading dot.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_name(value: Any, what: str) -> str:
+    text = str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    if text is None or not _NAME.fullmatch(text) or ".." in text:
+        raise ReleaseError(f"{what} {value!r} is not a valid name (letters, digits, '-', '_', '.', '+'; "
+                           f"at most 128; no '..')")
+    return text
+
+
+def _yaml(text: str, what: str) -> Any:
+    try:
+        return safeyaml.load(text, what=what)
+    except safeyaml.YamlError as e:
+        raise ReleaseError(str(e)) from None
+
+
 # --- job.MF ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -53,15 +75,13 @@ class JobSpec:
 
     @classmethod
     def parse(cls, text: str, where: str = "job.MF") -> JobSpec:
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ReleaseError(f"{where} is not valid YAML: {e}") from None
+        doc = _yaml(text, where)
         if not isinstance(doc, dict):
             raise ReleaseError(f"{where} must be a YAML mapping")
         name = doc.get("name")
         if not isinstance(name, str) or not name:
             raise ReleaseError(f"{where} has no name")
+        check_name(name, f"{where}: job name")
         templates = doc.get("templates") or {}
         if not isinstance(templates, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in templates.items()):
             raise ReleaseError(f"{where}: templates must map source file to destination path")
@@ -72,6 +92,8 @@ class JobSpec:
         packages = doc.get("packages") or []
         if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
             raise ReleaseError(f"{where}: packages must be a list of names")
+        for p in packages:
+            check_name(p, f"{where}: package")
         props = doc.get("properties") or {}
         if not isinstance(props, dict):
             raise ReleaseError(f"{where}: properties must be a mapping of dotted names")
@@ -192,15 +214,13 @@ class ReleaseManifest:
 
     @classmethod
     def parse(cls, text: str) -> ReleaseManifest:
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ReleaseError(f"release.MF is not valid YAML: {e}") from None
+        doc = _yaml(text, "release.MF")
         if not isinstance(doc, dict):
             raise ReleaseError("release.MF must be a YAML mapping")
         for key in ("name", "version"):
             if not isinstance(doc.get(key), (str, int, float)) or str(doc.get(key)) == "":
                 raise ReleaseError(f"release.MF has no {key}")
+            check_name(doc[key], f"release.MF {key}")
         if "compiled_packages" in doc:
             raise ReleaseError("compiled releases are not supported by bosh-lab yet (release.MF has compiled_packages)")
 
@@ -212,7 +232,13 @@ class ReleaseManifest:
                 for k in ("name", "version", "sha1"):
                     if raw.get(k) in (None, ""):
                         raise ReleaseError(f"release.MF {key}[{i}] has no {k}")
+                check_name(raw["name"], f"release.MF {key}[{i}] name")
+                check_name(raw["version"], f"release.MF {key}[{i}] version")
                 deps = raw.get("dependencies") or []
+                if not isinstance(deps, list):
+                    raise ReleaseError(f"release.MF {key}[{i}] dependencies must be a list of package names")
+                for d in deps:
+                    check_name(d, f"release.MF {key}[{i}] dependency")
                 out.append(ReleaseItem(str(raw["name"]), str(raw["version"]), str(raw.get("fingerprint") or raw["version"]),
                                        str(raw["sha1"]), [str(d) for d in deps]))
             return out

@@ -17,8 +17,8 @@ from .tasks import Task, TaskFailed
 from .vms import VMs
 
 
-class BlobExists(Protocol):
-    async def exists(self, blob_id: str) -> bool: ...
+class Blobs(Protocol):
+    async def sha1_of(self, blob_id: str) -> str | None: ...
 
 
 def dependency_key(deps: dict[str, BlobRef]) -> str:
@@ -46,10 +46,22 @@ def topological(wanted: dict[str, ReleasePackageRow]) -> list[str]:
 
 
 class Compiler:
-    def __init__(self, releases: Releases, compiled: CompiledPackages, blobs: BlobExists, vms: VMs, agents: Agents,
+    def __init__(self, releases: Releases, compiled: CompiledPackages, blobs: Blobs, vms: VMs, agents: Agents,
                  task: Task, stemcell_version: str, workers: int) -> None:
         self.releases, self.compiled, self.blobs, self.vms = releases, compiled, blobs, vms
         self.agents, self.task, self.stemcell, self.workers = agents, task, stemcell_version, workers
+
+    async def _intact(self, blob_id: str, sha1: str, label: str) -> bool:
+        """A compiled package is reused only if its blob is there with the sha1 recorded when it was made."""
+        got = await self.blobs.sha1_of(blob_id)
+        if got is None:
+            self.task.info(f"compiled package {label}: its blob {blob_id} is gone from the blobstore: compiling again")
+            return False
+        if got != sha1:
+            self.task.info(f"compiled package {label}: blob {blob_id} has sha1 {got}, not {sha1} as recorded "
+                           f"(changed in the blobstore): compiling again")
+            return False
+        return True
 
     async def _collect(self, release: str, version: str, name: str, wanted: dict[str, ReleasePackageRow]) -> None:
         if name in wanted:
@@ -75,7 +87,7 @@ class Compiler:
             if all(d in compiled for d in row.dependencies):
                 key = dependency_key({d: compiled[d] for d in row.dependencies})
                 cached = await self.compiled.find(row.fingerprint, self.stemcell, key)
-            if cached is not None and await self.blobs.exists(cached.blobstore_id):
+            if cached is not None and await self._intact(cached.blobstore_id, cached.sha1, f"{name}/{cached.version}"):
                 compiled[name] = cached.ref()
                 self.task.info(f"package {name}/{cached.version} is already compiled for stemcell {self.stemcell}")
             else:

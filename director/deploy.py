@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .compiler import BlobExists, Compiler
+from .compiler import Blobs, Compiler
 from .cpi import CPI, CPIError
 from .instance_updater import InstanceUpdater, Observe, delete_instance
 from .manifest import InstanceGroup, Manifest, ManifestError, UpdateConfig, parse_manifest
@@ -58,7 +58,7 @@ class Deployer:
     instances: Instances
     disks: Disks
     registry: Registry
-    blobs: BlobExists
+    blobs: Blobs
     cpi: CPI
     agents: Agents
     env: AgentEnv

@@ -70,8 +70,8 @@ class Lab:
         try:
             await self.cpi.setup()
             await self.operations.reconcile()
-        except CPIError as e:   # the API still answers; deploys will name the CPI's error
-            log.error("could not reconcile the VMs with the CPI at start-up: %s", e)
+        except (CPIError, NatsAuthError) as e:   # the API still answers; deploys will name the error
+            log.error("could not reconcile the VMs at start-up: %s", e)
         self.health.start()
 
     async def stop(self) -> None:

@@ -117,15 +117,21 @@ class NatsAuth:
         directory = self.dir
         before = await self._load_time()
 
-        def write() -> None:
+        def write() -> bool:
             text = render((directory / "director.password").read_text().strip(), self._operator(), self.agents)
+            path = directory / "auth.conf"
+            try:
+                if path.read_text() == text:
+                    return False      # nothing changes: nats-server has nothing to reload
+            except FileNotFoundError:
+                pass
             tmp = directory / f".auth.conf.{os.getpid()}.tmp"
             with open(tmp, "w") as f:
                 f.write(text)
             os.chmod(tmp, 0o644)
-            os.replace(tmp, directory / "auth.conf")
-        await asyncio.to_thread(write)
-        if not self.monitor_url:
+            os.replace(tmp, path)
+            return True
+        if not await asyncio.to_thread(write) or not self.monitor_url:
             return
         deadline = time.monotonic() + self.reload_wait
         while time.monotonic() < deadline:

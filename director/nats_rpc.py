@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-import nats
 from boshlab import wire
 from boshlab.httpauth import redact_url
 

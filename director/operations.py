@@ -67,6 +67,16 @@ def manifest_name(text: str) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def manifest_releases(text: str) -> set[str]:
+    """The release names a manifest uses, as far as they can be read (the deploy checks the rest)."""
+    try:
+        doc = safeyaml.load(text, what="manifest")
+    except safeyaml.YamlError:
+        return set()
+    raw = doc.get("releases") if isinstance(doc, dict) else None
+    return {str(r["name"]) for r in raw if isinstance(r, dict) and "name" in r} if isinstance(raw, list) else set()
+
+
 def manifest_or_none(text: str) -> Manifest | None:
     try:
         return parse_manifest(text)
@@ -91,6 +101,7 @@ class Operations:
         self.config, self.store, self.cpi, self.agents, self.dav = config, store, cpi, agents, dav
         self.tasks, self.health, self.agent_env = tasks, health, agent_env
         self.nats_auth = nats_auth or NatsAuth("")
+        self._using_releases: dict[int, set[str]] = {}    # running deploy task -> release names it uses
 
     # --- collaborators, each with just what it needs ---------------------------------------------------
 
@@ -205,6 +216,10 @@ class Operations:
     async def delete_release_task(self, name: str, version: str | None, force: bool) -> int:
         if not await self.store.releases.exists(name):
             raise NotFound(f"Release '{name}' doesn't exist")
+        users = sorted(t for t, names in self._using_releases.items() if name in names)
+        if users:
+            raise Conflict(f"Release '{name}' is in use by running task(s) {', '.join(map(str, users))}: wait for "
+                           f"them to finish (bosh-lab task N), or cancel them first")
         s = self.store
 
         async def body(task: Task) -> str:
@@ -220,9 +235,15 @@ class Operations:
         name cannot be read still gets a task: it fails there with the parse error. ``pinned``: release
         versions to use where the manifest says "latest" (a redeploy of what was deployed)."""
         name = deployment or await asyncio.to_thread(manifest_name, manifest_text)
+        releases = await asyncio.to_thread(manifest_releases, manifest_text)
 
         async def body(task: Task) -> str:
-            return await self.deployer(task).deploy(DeployRequest(manifest_text, pinned=pinned, skip_drain=skip_drain))
+            self._using_releases[task.id] = releases
+            try:
+                return await self.deployer(task).deploy(DeployRequest(manifest_text, pinned=pinned,
+                                                                      skip_drain=skip_drain))
+            finally:
+                self._using_releases.pop(task.id, None)
         return await self.tasks.start("create deployment", body, name, lock=name is not None)
 
     async def stored(self, deployment: str) -> DeploymentRow:
@@ -274,8 +295,13 @@ class Operations:
         ids = {r.id for r in await self.select_instances(deployment, group, ref)}
 
         async def body(task: Task) -> str:
-            await self.deployer(task).deploy(DeployRequest(dep.manifest, actions={i: action for i in ids}, only=ids,
-                                                           pinned=dep.releases, store=False, skip_drain=skip_drain))
+            self._using_releases[task.id] = set(dep.releases)
+            try:
+                await self.deployer(task).deploy(DeployRequest(dep.manifest, actions={i: action for i in ids},
+                                                               only=ids, pinned=dep.releases, store=False,
+                                                               skip_drain=skip_drain))
+            finally:
+                self._using_releases.pop(task.id, None)
             return f"{action} {len(ids)} instance(s) of {deployment}"
         what = f"{group}/{ref}" if ref else group if group not in (None, "", "*") else "all"
         return await self.tasks.start(f"{action} instance(s) {what}", body, deployment, lock=True)
@@ -488,5 +514,6 @@ class Operations:
         return {"name": c.name, "uuid": process_uuid, "version": version, "user": c.api_user,
                 "cpi": c.cpi, "stemcell_image": c.stemcell_image, "lab": self.cpi.lab,
                 "features": {"workshop": c.workshop},
+                "nats": {"connected": self.agents.connected, "url": self.agents.redacted_url},
                 "health": {"heartbeat_interval": c.heartbeat_interval, "agent_timeout": c.agent_timeout,
                            "agents_heard": len(self.health.heartbeats), "heartbeats_received": self.health.received}}

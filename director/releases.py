@@ -58,9 +58,10 @@ async def upload_release(releases: Releases, dav: DavClient, task: Task, tarball
 
 
 async def _blob_for(releases: Releases, dav: DavClient, table: str, fingerprint: str, sha1: str, path: Path) -> str:
-    """Reuse the blob of an identical job/package uploaded before; else upload this one."""
+    """Reuse the blob of an identical job/package uploaded before, if the blobstore still holds it unchanged;
+    else upload this one."""
     blob = await releases.blob_of_identical(table, fingerprint, sha1)
-    if blob is not None and await dav.exists(blob):
+    if blob is not None and await dav.sha1_of(blob) == sha1.split(":", 1)[-1]:
         return blob
     blob_id, _ = await dav.put_file(path)
     return blob_id

@@ -8,9 +8,9 @@ import json
 import secrets
 import time
 import uuid
-from urllib.parse import quote, urlsplit, urlunsplit
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from boshlab.contracts import BlobstoreSettings, NetworkSpec, PersistentDiskRef, Settings, UserData
 

@@ -48,6 +48,13 @@ class Lab:
             self._client = SyncDirectorClient(self.api, "admin", "admin", timeout=60)
         return self._client
 
+    def nats_url(self) -> str:
+        """The operator's NATS URL (people on the host): its password is made at the lab's first start and
+        kept in the nats-auth volume, which VMs never see."""
+        password = self.compose("exec", "-T", "nats", "cat", "/var/vcap/nats-auth/operator.password").stdout.strip()
+        assert password, "the nats container has no operator password"
+        return f"nats://nats:{password}@127.0.0.1:{self.ports['nats']}"
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

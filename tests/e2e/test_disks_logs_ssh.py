@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import yaml
-
-import nats
 
 from .conftest import ROOT, Lab, run
 from .deployments_helpers import FAST_UPDATE, cli, instances, post_deploy, sent, wait_for
@@ -113,7 +112,7 @@ def test_ssh_runs_a_command_and_cleans_up(lab: Lab, redis_disk: str) -> None:
 
 async def test_bad_disk_logs_ssh_messages_get_exceptions(lab: Lab, redis_disk: str) -> None:
     agent_id = instances(lab, redis_disk)[0]["agent_id"]
-    nc = await nats.connect(f"nats://nats:nats@127.0.0.1:{lab.ports['nats']}")
+    nc = await nats.connect(lab.nats_url())
     try:
         async def ask(method: str, *args: Any) -> Any:
             inbox = nc.new_inbox()

@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import nats
+import pytest
 
 from .conftest import ROOT, Lab
 
@@ -133,13 +132,13 @@ async def test_nats_refuses_anonymous(lab: Lab) -> None:
     url = f"nats://127.0.0.1:{lab.ports['nats']}"
     with pytest.raises(Exception, match="(?i)authorization"):
         await nats.connect(url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
-    nc = await nats.connect(f"nats://nats:nats@127.0.0.1:{lab.ports['nats']}", allow_reconnect=False)
+    nc = await nats.connect(lab.nats_url(), allow_reconnect=False)
     await nc.close()
 
 
 async def test_agent_answers_bad_messages_and_lives_on(lab: Lab) -> None:
     inst = lab.instance()
-    nc = await nats.connect(f"nats://nats:nats@127.0.0.1:{lab.ports['nats']}")
+    nc = await nats.connect(lab.nats_url())
     try:
         subject = f"agent.{inst['agent_id']}"
 

@@ -81,6 +81,8 @@ def start_nginx(root: Path) -> tuple[DavServer, subprocess.Popen[bytes]]:
     (root / "auth" / "users").write_text(f"{server.director_user}:{{PLAIN}}{server.director_password}\n"
                                          f"{server.agent_user}:{{PLAIN}}{server.agent_password}\n")
     (root / "auth" / "director_users").write_text(f"{server.director_user}:{{PLAIN}}{server.director_password}\n")
+    overwrite = (NGINX_CONF.parent / "overwrite.conf.in").read_text()   # the image's rule, as its entrypoint fills it
+    (root / "auth" / "overwrite.conf").write_text(overwrite.replace("@DIRECTOR_USER@", server.director_user))
     conf = root / "nginx.conf"
     conf.write_text(render_conf(root, server.port))
     proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(root), "-e", str(root / "error.log")],

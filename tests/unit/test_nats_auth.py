@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from director.nats_auth import NatsAuth, agent_url, render
 from tests.unit.conftest import free_port
@@ -43,9 +43,10 @@ async def server(tmp_path: Path) -> AsyncIterator[AuthServer]:
     pid = tmp_path / "nats.pid"
     conf = auth_dir / "nats.conf"   # as the nats image has it: beside auth.conf (includes are relative)
     conf.write_text(f'listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\npid_file: "{pid}"\ninclude "auth.conf"\n')
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    watcher = subprocess.Popen(["sh", str(ROOT / "nats" / "reload-on-change"), str(auth_dir / "auth.conf"), str(pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = asyncio.subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(exe, "-c", str(conf), stdout=quiet, stderr=quiet)
+    watcher = await asyncio.create_subprocess_exec("sh", str(ROOT / "nats" / "reload-on-change"),
+                                                   str(auth_dir / "auth.conf"), str(pid), stdout=quiet, stderr=quiet)
     try:
         deadline = time.monotonic() + 10
         while not pid.exists() and time.monotonic() < deadline:
@@ -54,8 +55,8 @@ async def server(tmp_path: Path) -> AsyncIterator[AuthServer]:
     finally:
         watcher.kill()
         proc.terminate()
-        proc.wait(5)
-        watcher.wait(5)
+        await asyncio.wait_for(proc.wait(), 5)
+        await asyncio.wait_for(watcher.wait(), 5)
 
 
 async def connect(url: str, errors: list[str] | None = None) -> Client:
@@ -75,7 +76,7 @@ async def test_an_agent_hears_only_its_own_requests_and_publishes_only_replies_a
     try:
         got: list[str] = []
 
-        async def collect(msg: nats.aio.msg.Msg) -> None:
+        async def collect(msg: Msg) -> None:
             got.append(msg.subject)
         await director.subscribe("director.>", cb=collect)
         await director.subscribe("hm.agent.>", cb=collect)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from boshlab.release import JobSpec, JobTarball, ReleaseError, create_release, read_release
+from boshlab.release import JobSpec, JobTarball, ReleaseError, ReleaseManifest, create_release, read_release
 from boshlab.tarball import TarLimits
 
 WORKSHOP = Path(__file__).resolve().parents[2] / "workshop" / "release"
@@ -205,3 +206,30 @@ def test_job_tarballs_are_read_within_limits(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("BOSH_LAB_JOB_MAX_BYTES", "40")
     with pytest.raises(ReleaseError, match=r"jobs/web.tgz: job.MF, monit and templates hold more than 40 bytes"):
         read_release(out, tmp_path / "y")
+
+
+@pytest.mark.parametrize("doc, named", [
+    ("name: ../../etc\nversion: '1'\n", "release.MF name"),
+    ("name: r\nversion: 1/2\n", "release.MF version"),
+    ("name: r\nversion: '1'\njobs:\n- {name: ../x, version: '1', sha1: abc}\n", "jobs[0] name"),
+    ("name: r\nversion: '1'\npackages:\n- {name: p, version: '1', sha1: abc, dependencies: [../q]}\n", "dependency"),
+    ("name: r\nversion: '1'\npackages:\n- {name: .hidden, version: '1', sha1: abc}\n", "packages[0] name"),
+])
+def test_release_mf_names_become_paths_so_they_are_checked(doc: str, named: str) -> None:
+    with pytest.raises(ReleaseError, match=re.escape(named)):
+        ReleaseManifest.parse(doc)
+
+
+def test_job_mf_names_are_checked() -> None:
+    with pytest.raises(ReleaseError, match="job name"):
+        JobSpec.parse("name: a/b\ntemplates: {}\n")
+    with pytest.raises(ReleaseError, match="package"):
+        JobSpec.parse("name: j\npackages: ['..']\n")
+    assert JobSpec.parse("name: redis-server_2.8+dev\n").name == "redis-server_2.8+dev"
+
+
+def test_release_mf_alias_bomb_is_refused() -> None:
+    bomb = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    with pytest.raises(ReleaseError, match="expands"):
+        ReleaseManifest.parse("name: r\nversion: '1'\n" + bomb)

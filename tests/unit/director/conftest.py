@@ -27,7 +27,8 @@ class Directors:
     async def make(self, live_disk_attach: bool = False, upload: bool = True, **overrides: Any) -> Director:
         cpi = FakeCPI(self.tmp / f"cpi{len(self.cpis)}", live_disk_attach=live_disk_attach)
         self.cpis.append(cpi)
-        config = director_config(self.tmp / f"director{len(self.made)}", self.nats.url, self.dav, **overrides)
+        nats_url = overrides.pop("nats_url", self.nats.url)
+        config = director_config(self.tmp / f"director{len(self.made)}", nats_url, self.dav, **overrides)
         d = await Director.start(config, cpi)
         self.made.append(d)
         if upload:
