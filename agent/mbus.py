@@ -13,10 +13,10 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-import nats
 from boshlab.httpauth import redact_url
 from boshlab.wire import agent_subject
 

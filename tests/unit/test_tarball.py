@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from boshlab.tarball import (CorruptTarball, TarballTooLarge, TarLimits, UnsafeTarball, safe_extract,
-                             tar_directory, tar_files)
+from boshlab.tarball import CorruptTarball, TarballTooLarge, TarLimits, UnsafeTarball, safe_extract, tar_directory, tar_files
 
 # (name, kind, payload): kind file -> bytes content; sym/lnk -> link name; dir/chr/blk/fifo -> ignored
 Entry = tuple[str, str, "bytes | str"]

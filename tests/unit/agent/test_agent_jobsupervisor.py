@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.jobsupervisor import (JobSupervisorError, MonitClient, MonitJobSupervisor, MonitService, MonitStatus,
-                                 add_onreboot_nostart, job_state, monit_pidfiles, parse_status, process_entry)
+from agent.jobsupervisor import (
+    JobSupervisorError,
+    MonitClient,
+    MonitJobSupervisor,
+    MonitService,
+    MonitStatus,
+    add_onreboot_nostart,
+    job_state,
+    monit_pidfiles,
+    parse_status,
+    process_entry,
+)
 from agent.paths import Paths
 from tests.unit.conftest import Handler
 

@@ -5,10 +5,10 @@ import asyncio
 import json
 from typing import Any
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-import nats
 from agent.action.base import Action, Arg
 from agent.action.get_task import GetTask
 from agent.dispatcher import Dispatcher, build_registry

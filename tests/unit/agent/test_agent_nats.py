@@ -7,12 +7,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats
 import pytest
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-import nats
 from agent.boot import configure
 from agent.paths import Paths
 from boshlab import wire

@@ -7,8 +7,15 @@ import pytest
 from aiohttp import web
 
 from agent.paths import Paths
-from agent.settings import (Settings, SettingsError, SettingsService, heartbeat_interval, infrastructure_summary,
-                            parse_user_data, split_endpoint)
+from agent.settings import (
+    Settings,
+    SettingsError,
+    SettingsService,
+    heartbeat_interval,
+    infrastructure_summary,
+    parse_user_data,
+    split_endpoint,
+)
 from tests.unit.conftest import Handler
 
 from .conftest import make_settings
