@@ -260,6 +260,8 @@ class DavClient:
                     yield None, chunk
         except aiohttp.ServerTimeoutError as e:
             raise BlobstoreError(f"streaming blob {blob_id} at {self.url(blob_id)}: {self._timeout_text(e)}") from e
+        except aiohttp.ClientError as e:
+            raise BlobstoreError(f"streaming blob {blob_id} at {self.url(blob_id)}: {e}") from e
 
     async def sha1_of(self, blob_id: str) -> str | None:
         """The sha1 of a blob as the blobstore holds it now (streamed, never all in memory); None if missing."""

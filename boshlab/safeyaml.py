@@ -68,3 +68,6 @@ def load(text: str, *, what: str = "document", max_bytes: int = MAX_BYTES, max_n
         raise YamlError(f"{what} is not valid YAML: {e}") from None
     except RecursionError:
         raise YamlError(f"{what} is nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - PyYAML's constructors raise anything on bad input
+        # ('!!int' with no value, '!!bool x', 'a: 2001-02-30', a 5000-digit number, odd tags...)
+        raise YamlError(f"{what} has a value YAML cannot construct: {type(e).__name__}: {e}") from None

@@ -26,7 +26,7 @@ class WatchTime:
         if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
             return cls(raw, raw)
         if isinstance(raw, str):
-            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", raw)
+            m = re.fullmatch(r"\s*(\d{1,9})\s*(?:-\s*(\d{1,9})\s*)?", raw)
             if m:
                 lo = int(m.group(1))
                 hi = int(m.group(2)) if m.group(2) else lo
@@ -203,7 +203,7 @@ def parse_update(raw: Any, base: UpdateConfig | None = None, where: str = "updat
         m = d["max_in_flight"]
         if isinstance(m, int) and not isinstance(m, bool) and m >= 1:
             u.max_in_flight = str(m)
-        elif isinstance(m, str) and re.fullmatch(r"\d+%?", m) and int(m.rstrip("%")) >= 1:
+        elif isinstance(m, str) and re.fullmatch(r"\d{1,9}%?", m) and int(m.rstrip("%")) >= 1:
             u.max_in_flight = m
         else:
             raise ManifestError(f"{where}.max_in_flight must be a number >= 1 or a percentage like '50%', got {m!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from boshlab import safeyaml
-from boshlab.dav import BlobNotFound, DavClient
+from boshlab.dav import BlobNotFound, BlobstoreError, DavClient
 
 from .cloudcheck import CloudCheck, scan
 from .config import Config
@@ -35,6 +36,7 @@ from .vms import AgentEnv, VMs
 log = logging.getLogger("director")
 
 LOG_TYPES = ("job", "agent", "system")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")     # as the manifest parser takes names
 FOLLOW_COMMAND = ["bash", "-O", "globstar", "-O", "nullglob", "-c",
                   "echo $$; exec tail -n 20 -F /var/vcap/sys/log/**/*.log /var/vcap/bosh/log/current 2>&1"]
 
@@ -51,6 +53,10 @@ class BadRequest(ValueError):
     pass
 
 
+class Unavailable(Exception):
+    """A part the operation needs (the CPI, the blobstore) failed; the text names it (502)."""
+
+
 @dataclass(frozen=True)
 class AgentReply:
     """An agent's answer as it was on the wire: a value, or the exception's message."""
@@ -64,7 +70,15 @@ def manifest_name(text: str) -> str | None:
     except safeyaml.YamlError:
         return None
     name = doc.get("name") if isinstance(doc, dict) else None
-    return name if isinstance(name, str) and name else None
+    return name if isinstance(name, str) and NAME.fullmatch(name) else None
+
+
+async def _cpi_errors_named(stream: AsyncGenerator[bytes, None], label: str) -> AsyncGenerator[bytes, None]:
+    try:
+        async for data in stream:
+            yield data
+    except CPIError as e:
+        raise Unavailable(f"{label}: {e}") from None
 
 
 def manifest_releases(text: str) -> set[str]:
@@ -402,7 +416,7 @@ class Operations:
         path = self.tasks.output_path(row.id, kind)
 
         def read() -> bytes:
-            if not path.exists():
+            if not path.exists() or offset >= path.stat().st_size:
                 return b""
             with open(path, "rb") as f:
                 f.seek(offset)
@@ -460,14 +474,18 @@ class Operations:
                 yield item
         except BlobNotFound:
             raise NotFound(f"Resource '{blob_id}' doesn't exist") from None
+        except BlobstoreError as e:
+            raise Unavailable(f"the blobstore: {e}") from None
 
     async def follow_logs(self, row: InstanceRow) -> AsyncGenerator[bytes, None]:
         """``tail -F`` of the instance's job logs and agent log until the consumer stops; then tail is ended."""
         assert row.vm_cid is not None
+        if not await self.cpi.has_vm(row.vm_cid):
+            raise Conflict(f"{row.label}: its VM {row.vm_cid[:12]} is gone (bosh-lab cloud-check -d {row.deployment})")
         pid, head = "", b""
         stream = self.cpi.stream_exec(row.vm_cid, FOLLOW_COMMAND)
         try:
-            async for data in stream:
+            async for data in _cpi_errors_named(stream, row.label):
                 if not pid:    # the first line is tail's pid in the VM (bash execs it), to stop it afterwards
                     head += data
                     if b"\n" not in head:

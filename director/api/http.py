@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return web.json_response({"code": 409, "description": str(e)}, status=409)
     except BadRequest as e:
         return web.json_response({"code": 400, "description": str(e)}, status=400)
+    except UnicodeEncodeError:   # a lone surrogate (JSON "\ud800") in a name or path: sqlite cannot store it
+        return web.json_response({"code": 400, "description": "text must be valid Unicode (no lone surrogates)"},
+                                 status=400)
     except TooManyTasks as e:
         return web.json_response({"code": 429, "description": str(e)}, status=429, headers={"Retry-After": "5"})
     except web.HTTPException as e:
@@ -72,8 +76,18 @@ def flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("1", "true", "yes", "on")
 
 
-async def json_body(request: web.Request, shape: str) -> Any:
+async def text_body(request: web.Request, what: str) -> str:
+    """The body as UTF-8 text (whatever charset the request claims); 400 naming ``what`` if it is not."""
+    raw = await request.read()
     try:
-        return await request.json()
-    except ValueError:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise web.HTTPBadRequest(text=f"body must be {what} in UTF-8: {e}") from None
+
+
+async def json_body(request: web.Request, shape: str) -> Any:
+    text = await text_body(request, f"JSON: {shape}")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
         raise web.HTTPBadRequest(text=f"body must be JSON: {shape}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..nats_rpc import RpcTimeout
+from ..operations import Unavailable
 from ..store import InstanceRow
 from .http import OPERATIONS, json_body, task_accepted
 
@@ -54,18 +55,22 @@ async def get_resource(request: web.Request) -> web.StreamResponse:
     chunks = request.app[OPERATIONS].resource(request.match_info["blob_id"])
     out: web.StreamResponse | None = None
     try:
-        async for length, chunk in chunks:
-            if out is None:
-                out = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-                if length is not None:
-                    out.content_length = length
-                await out.prepare(request)
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        raise web.HTTPBadGateway(text="the blobstore sent nothing") from None
+    except Unavailable as e:
+        await chunks.aclose()
+        raise web.HTTPBadGateway(text=str(e)) from None
+    try:
+        out = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if first[0] is not None:
+            out.content_length = first[0]
+        await out.prepare(request)
+        async for _, chunk in chunks:
             if chunk:
                 await out.write(chunk)
     finally:
         await chunks.aclose()
-    if out is None:
-        raise web.HTTPBadGateway(text="the blobstore sent nothing")
     await out.write_eof()
     return out
 
@@ -74,13 +79,21 @@ async def get_resource(request: web.Request) -> web.StreamResponse:
 async def follow_logs(request: web.Request) -> web.StreamResponse:
     """``tail -F`` of the instance's job logs and agent log until the client goes away."""
     row = await _instance(request)
-    out = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-    await out.prepare(request)
     lines = request.app[OPERATIONS].follow_logs(row)
     try:
+        first = await anext(lines)     # the VM answers (or the error is a clean answer, before any output)
+    except StopAsyncIteration:
+        first = b""
+    except Unavailable as e:
+        await lines.aclose()
+        raise web.HTTPBadGateway(text=str(e)) from None
+    out = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await out.prepare(request)
+    try:
+        await out.write(first)
         async for data in lines:
             await out.write(data)
-    except (ConnectionError, OSError):
+    except (ConnectionError, OSError, Unavailable):
         pass
     finally:
         await lines.aclose()

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..operations import task_json
-from .http import IDENTITY, OPERATIONS, flag, json_body, task_accepted
+from .http import IDENTITY, OPERATIONS, flag, json_body, task_accepted, text_body
 
 routes = web.RouteTableDef()
 
@@ -67,7 +67,7 @@ async def delete_release(request: web.Request) -> web.Response:
 
 @routes.post("/deployments")
 async def post_deployment(request: web.Request) -> web.Response:
-    text = await request.text()
+    text = await text_body(request, "the deployment manifest (YAML)")
     if not text.strip():
         raise web.HTTPBadRequest(text="empty body: send the deployment manifest (YAML)")
     return task_accepted(await request.app[OPERATIONS].deploy_task(text, skip_drain=flag(request, "skip_drain")))
@@ -171,20 +171,25 @@ async def put_resurrection(request: web.Request) -> web.Response:
 
 @routes.get("/tasks")
 async def get_tasks(request: web.Request) -> web.Response:
-    try:
-        limit = int(request.query.get("limit", "30"))
-    except ValueError:
-        raise web.HTTPBadRequest(text="limit must be a number") from None
+    raw = request.query.get("limit", "30")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+        raise web.HTTPBadRequest(text=f"limit must be a number, got {raw[:40]!r}")
+    limit = min(int(raw), 10_000)
     state = request.query.get("state")
     return web.json_response(await request.app[OPERATIONS].recent_tasks(limit, state.split(",") if state else None))
 
 
+MAX_ID = 2 ** 63 - 1     # sqlite's integers
+
+
 def _task_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    try:
-        return int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"task id must be a number, got {raw!r}") from None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise web.HTTPBadRequest(text=f"task id must be a number, got {raw[:40]!r}")
+    value = int(raw)
+    if value > MAX_ID:
+        raise web.HTTPNotFound(text=f"Task {raw} doesn't exist")
+    return value
 
 
 @routes.get("/tasks/{id}")
@@ -204,10 +209,11 @@ async def cancel_task(request: web.Request) -> web.Response:
 @routes.get("/tasks/{id}/output")
 async def get_task_output(request: web.Request) -> web.StreamResponse:
     """``?type=event|debug|result``; ``offset`` (bytes) lets clients follow a running task."""
+    raw = request.query.get("offset", "0")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise web.HTTPBadRequest(text=f"offset must be a byte offset >= 0, got {raw[:40]!r}")
+    offset = int(raw)
     try:
-        offset = int(request.query.get("offset", "0"))
-        if offset < 0:
-            raise ValueError(f"offset must be a byte offset >= 0, got {offset}")
         row, data = await request.app[OPERATIONS].task_output(_task_id(request), request.query.get("type", "event"),
                                                               offset)
     except ValueError as e:

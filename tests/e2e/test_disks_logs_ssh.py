@@ -10,6 +10,7 @@ import json
 import shutil
 import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ async def test_bad_disk_logs_ssh_messages_get_exceptions(lab: Lab, redis_disk: s
     nc = await nats.connect(lab.nats_url())
     try:
         async def ask(method: str, *args: Any) -> Any:
-            inbox = nc.new_inbox()
+            inbox = f"director.lab-test.{uuid.uuid4()}"   # agents may only reply under director.>
             sub = await nc.subscribe(inbox)
             req = {"protocol": 3, "method": method, "arguments": list(args), "reply_to": inbox}
             await nc.publish(f"agent.{agent_id}", json.dumps(req).encode())

@@ -8,6 +8,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+import uuid
 from base64 import b64encode
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,7 +144,7 @@ async def test_agent_answers_bad_messages_and_lives_on(lab: Lab) -> None:
         subject = f"agent.{inst['agent_id']}"
 
         async def ask(payload: dict[str, Any]) -> dict[str, Any]:
-            inbox = nc.new_inbox()
+            inbox = f"director.lab-test.{uuid.uuid4()}"   # agents may only reply under director.>
             sub = await nc.subscribe(inbox)
             await nc.publish(subject, json.dumps(dict(payload, reply_to=inbox)).encode())
             msg = await sub.next_msg(timeout=10)

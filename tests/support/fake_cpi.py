@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncGenerator, Coroutine, Generator
@@ -46,7 +47,7 @@ from agent.spec import SpecStore
 from agent.tasks import TaskManager
 from agent.vitals import Vitals
 from boshlab.contracts import Settings, UserData
-from director.cpi import CPI, DISK_MOUNT_DIR, LABEL_AGENT, LABEL_LAB, CPIError, Stemcell, VMInfo, VMRecord, VMStatus
+from director.cpi import CPI, DISK_MOUNT_DIR, LABEL_AGENT, LABEL_LAB, CPIError, CPISettings, Stemcell, VMInfo, VMRecord, VMStatus
 
 from .fakes import FakeMounter, FakeUsers, VMSupervisor
 
@@ -480,3 +481,8 @@ def in_vm(vm: FakeVM) -> Generator[None, None, None]:
 def _implements_the_port(root: Path) -> CPI:
     """mypy checks here that FakeCPI has every method of the director's CPI port, with its types."""
     return FakeCPI(root)
+
+
+def create(settings: CPISettings) -> FakeCPI:
+    """What ``director.cpi.load`` calls (``BOSH_LAB_CPI=tests.support.fake_cpi``): VMs under a temp dir."""
+    return FakeCPI(Path(tempfile.mkdtemp(prefix="fake-cpi-")), lab=settings.lab or "fake-lab")

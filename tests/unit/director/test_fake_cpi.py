@@ -45,3 +45,15 @@ async def test_fake_cpi_is_the_cpi_port_and_its_vm_runs_the_agent(tmp_path: Path
         assert await cpi.delete_disk(disk) and not await cpi.delete_disk(disk)
     finally:
         await cpi.shutdown()
+
+
+def test_a_cpi_is_one_module_loaded_by_name() -> None:
+    """A CPI kept outside the director is one module with create(settings): BOSH_LAB_CPI names it."""
+    from director.cpi import CPI, CPIError, CPISettings, load
+    from tests.support.fake_cpi import FakeCPI
+    cpi = load("tests.support.fake_cpi", CPISettings("unused-image", lab="by-name"))
+    assert isinstance(cpi, FakeCPI) and isinstance(cpi, CPI) and cpi.lab == "by-name"
+    docker = load("docker", CPISettings("img", lab="l", network="n"))
+    assert isinstance(docker, CPI) and not docker.live_disk_attach
+    with pytest.raises(CPIError, match="unknown CPI 'swarm'"):
+        load("swarm", CPISettings("img"))
