@@ -28,6 +28,7 @@ RETRIES = {"get_state": 2, "get_task": 4}
 CANCELLABLE = ("drain", "run_errand")   # the agent can cancel these (cancel_task)
 # Long-running agent tasks, and how long the director waits for each before it gives up with a named error
 # (BOSH_LAB_AGENT_TASK_DEADLINE, BOSH_LAB_AGENT_LONG_TASK_DEADLINE): what a lab's jobs may need, no more.
+FIRST_POLL = 0.01       # seconds before the first get_task of a long-running action
 LONG_TASKS = ("compile_package", "drain", "migrate_disk", "fetch_logs", "run_errand")
 
 
@@ -214,12 +215,16 @@ class AgentClient:
         task_id = wire.running_task_id(value)
         deadline = self.deadlines.of(method)
         ends = time.monotonic() + deadline
+        # Adaptive polling: BOSH polls every second; most agent tasks end in milliseconds, so the lab asks
+        # again after 10 ms, then twice as long each time, up to the poll interval (get_task is unchanged).
+        delay = min(FIRST_POLL, self.poll_interval)
         try:
             while task_id is not None:
                 if time.monotonic() >= ends:
                     raise RpcTimeout(f"'{method}' on agent {self.agent_id} did not finish within {deadline:g} seconds "
                                      f"(agent task {task_id}; {Deadlines.setting(method)})")
-                await asyncio.sleep(self.poll_interval)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.poll_interval)
                 value = await self.call("get_task", task_id)
                 if wire.running_task_id(value) is None:
                     return value
