@@ -25,6 +25,7 @@ from .deploy import Deployer, DeployRequest
 from .disks import delete_orphaned_disk
 from .health import HealthMonitor
 from .manifest import Manifest, ManifestError, parse_manifest
+from .naming import instance_path
 from .nats_auth import NatsAuth
 from .nats_rpc import AgentError, Agents, RpcTimeout
 from .planner import ACTIONS
@@ -356,7 +357,7 @@ class Operations:
         now = time.time()
         for r in rows:
             hb = self.health.heartbeats.get(r.agent_id or "")
-            out.append({"instance": f"{r.group}/{r.id}", "group": r.group, "index": r.index, "id": r.id,
+            out.append({"instance": instance_path(r.group, r.id), "group": r.group, "index": r.index, "id": r.id,
                         "agent_id": r.agent_id, "vm_cid": r.vm_cid, "vm_name": r.vm_name, "ips": r.ips(),
                         "process_state": self.health.state_of(r, now), "state": r.state,
                         "configuration_hash": r.apply_spec.get("configuration_hash") if r.apply_spec else None,
