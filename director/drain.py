@@ -35,16 +35,16 @@ async def drain(agent: AgentClient, kind: str, spec: ApplySpec | None, label: st
                            else agent.send_message("drain", kind))
             await wait_for_drain(agent, value, label, info)
     except TimeoutError:
-        raise DrainError(f"{label}: drain did not finish within {deadline:g} seconds "
+        raise DrainError(f"drain did not finish within {deadline:g} seconds "
                          f"({Deadlines.setting('drain')})") from None
 
 
 async def wait_for_drain(agent: AgentClient, value: Any, label: str, info: Callable[[str], None]) -> None:
-    n = _integer(value, f"{label}: drain returned")
+    n = _integer(value, "drain returned")
     while n < 0:
         info(f"{label}: dynamic drain, checking again in {-n}s")
         await asyncio.sleep(-n)
-        n = _integer(await agent.send_message("drain", "status"), f"{label}: drain status returned")
+        n = _integer(await agent.send_message("drain", "status"), "drain status returned")
     if n > 0:
         info(f"{label}: drain asked to wait {n}s")
         await asyncio.sleep(n)

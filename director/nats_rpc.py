@@ -138,6 +138,11 @@ class NatsRpc:
                       debug: DebugSink | None = None) -> Any:
         """Send one request and return the reply's value (raises AgentError / RpcTimeout)."""
         if self._nc is None or not self._nc.is_connected:
+            # NATS restarting: wait for the reconnection (within this request's time), then give up by name.
+            ends = time.monotonic() + timeout
+            while time.monotonic() < ends and not self.connected:
+                await asyncio.sleep(0.1)
+        if self._nc is None or not self._nc.is_connected:
             raise RpcTimeout(f"Cannot send '{method}' to {agent_id}: the director has no NATS connection "
                              f"(NATS at {self.redacted_url}: {self.last_error or 'connecting'})")
         request_id = str(uuid.uuid4())
@@ -225,7 +230,13 @@ class AgentClient:
                                      f"(agent task {task_id}; {Deadlines.setting(method)})")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.poll_interval)
-                value = await self.call("get_task", task_id)
+                try:
+                    value = await self.call("get_task", task_id)
+                except AgentError as e:
+                    if "could not be found" in str(e):
+                        raise AgentError(f"the agent no longer knows its task {task_id} of '{method}' (did the agent "
+                                         f"restart?): its outcome is unknown ({e})") from None
+                    raise
                 if wire.running_task_id(value) is None:
                     return value
         except (asyncio.CancelledError, RpcTimeout):
