@@ -140,7 +140,7 @@ class NatsRpc:
         if self._nc is None or not self._nc.is_connected:
             # NATS restarting: wait for the reconnection (within this request's time), then give up by name.
             ends = time.monotonic() + timeout
-            while time.monotonic() < ends and not self.connected:
+            while time.monotonic() < ends and not self.connected:   # noqa: ASYNC110 - nats-py has no event for it
                 await asyncio.sleep(0.1)
         if self._nc is None or not self._nc.is_connected:
             raise RpcTimeout(f"Cannot send '{method}' to {agent_id}: the director has no NATS connection "
