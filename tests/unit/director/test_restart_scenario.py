@@ -11,10 +11,11 @@ from tests.unit.director.conftest import Directors
 
 async def test_director_restarted_mid_task(directors: Directors) -> None:
     d = await directors.make()
-    await d.deploy(dummy_manifest(instances=1))
+    # The running job drains for 20 s (drain runs the CURRENT job's script): the next deploy is surely
+    # draining when the director stops.
+    await d.deploy(dummy_manifest(instances=1, properties={"dummy": {"drain_seconds": 20}}))
     [row] = await d.instances("dep")
     assert row.vm_cid is not None
-    # a drain that takes 20 s: the task is surely running when the director stops
     slow = dummy_manifest(instances=1, properties={"dummy": {"drain_seconds": 20, "message": "slow"}})
     task = await d.ops.deploy_task(slow)
 
@@ -31,7 +32,12 @@ async def test_director_restarted_mid_task(directors: Directors) -> None:
     assert kept.vm_cid == row.vm_cid and d2.cpi.vms[row.vm_cid].running, "the VM outlived the director"
 
     started = time.monotonic()
-    again = await d2.deploy(dummy_manifest(instances=1, properties={"dummy": {"message": "after restart"}}))
+    # The agent runs one long task at a time: had its 20 s drain not been cancelled, this deploy's stop would
+    # wait behind it (--skip-drain: the running job's own 20 s drain is not what is measured here).
+    again = await d2.ops.deploy_task(dummy_manifest(instances=1, properties={"dummy": {"message": "after restart"}}),
+                                     skip_drain=True)
+    await d2.run_task(again)
+    assert '"cancel_task"' in await d2.output(task), "the stopping director cancelled the agent's drain"
     assert time.monotonic() - started < 15, "the agent's drain of the stopped task was cancelled"
     [after] = await d2.instances("dep")
     assert after.vm_cid is not None
