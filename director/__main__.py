@@ -11,6 +11,7 @@ from aiohttp import web
 from .api import make_apps
 from .config import Config
 from .lab import Lab
+from .nats_auth import NatsAuthError
 from .workshop import after_start
 
 
@@ -19,7 +20,10 @@ async def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     cfg = Config.from_env()
-    lab = Lab(cfg)
+    try:
+        lab = Lab(cfg)
+    except NatsAuthError as e:
+        raise SystemExit(f"director: {e}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -75,7 +75,11 @@ class NatsAuth:
     def director_url(self, mbus: str) -> str:
         """The director's own connection URL (its password was made by the nats container at first start)."""
         assert self.dir is not None
-        password = (self.dir / "director.password").read_text().strip()
+        try:
+            password = (self.dir / "director.password").read_text().strip()
+        except OSError as e:
+            raise NatsAuthError(f"{self.dir}/director.password: {e.strerror or e} (the nats container writes it at "
+                                f"its first start into the nats-auth volume the director shares)") from None
         return agent_url(mbus, "director", password)
 
     def _operator(self) -> tuple[str, str] | None:
