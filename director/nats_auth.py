@@ -67,6 +67,8 @@ class NatsAuth:
         self.reload_wait = reload_wait
         self.agents: dict[str, str] = {}
         self._lock = asyncio.Lock()
+        self._changes = 0         # changes made to ``agents``
+        self._applied = 0         # of which nats-server has loaded
 
     @property
     def enabled(self) -> bool:
@@ -94,27 +96,36 @@ class NatsAuth:
         """Exactly these agents (id -> password) may connect (at start-up: the VMs that exist)."""
         if self.dir is None:
             return
-        async with self._lock:
-            self.agents = dict(agents)
-            await self._write()
+        self.agents = dict(agents)
+        await self._apply()
 
     async def add(self, agent_id: str) -> str:
         """A new agent's password; returns once nats-server accepts it."""
         password = secrets.token_urlsafe(18)
         if self.dir is None:
             return password
-        async with self._lock:
-            self.agents[agent_id] = password
-            await self._write()
+        self.agents[agent_id] = password
+        await self._apply()
         return password
 
     async def remove(self, agent_ids: list[str]) -> None:
         if self.dir is None or not any(a in self.agents for a in agent_ids):
             return
+        for a in agent_ids:
+            self.agents.pop(a, None)
+        await self._apply()
+
+    async def _apply(self) -> None:
+        """Write the users and wait for nats-server to load them. Changes made while a write is under way
+        share the next one: VMs created side by side wait for one reload, not one each."""
+        self._changes += 1
+        wanted = self._changes
         async with self._lock:
-            for a in agent_ids:
-                self.agents.pop(a, None)
+            if self._applied >= wanted:
+                return            # a write that started after this change already carried it
+            target = self._changes
             await self._write()
+            self._applied = target
 
     async def _write(self) -> None:
         assert self.dir is not None

@@ -134,3 +134,19 @@ def test_quotes_cannot_break_out_of_the_config() -> None:
     text = render('d"x', None, {'evil", permissions: {}}, {user: "z': "p"})
     assert 'user: "evil\\", permissions' in text
     assert text.count("\n    {user: ") == 2, text   # one line per user: the quote did not open a new one
+
+
+async def test_vms_made_side_by_side_share_reloads(server: AuthServer) -> None:
+    writes = 0
+    write = server.auth._write   # counting the writes is what this test is about
+
+    async def counted() -> None:
+        nonlocal writes
+        writes += 1
+        await write()
+    server.auth._write = counted  # type: ignore[method-assign]
+    passwords = await asyncio.gather(*(server.auth.add(f"par-{i}") for i in range(10)))
+    assert writes <= 3, f"{writes} writes (and reloads) for 10 VMs made at once"
+    for i, pw in enumerate(passwords):
+        c = await connect(server.url(f"par-{i}", pw))
+        await c.close()
