@@ -82,6 +82,25 @@ async def _cpi_errors_named(stream: AsyncGenerator[bytes, None], label: str) -> 
         raise Unavailable(f"{label}: {e}") from None
 
 
+def pick_instances(rows: list[InstanceRow], deployment: str, group: str | None, ref: str | None) -> list[InstanceRow]:
+    """All instances, a group's, or one: a number is an index (the bosh CLI's GROUP/INDEX), anything else an id
+    or the start of one (GROUP/ID). NotFound names what matched nothing, or that a prefix matched several."""
+    if group not in (None, "", "*"):
+        rows = [r for r in rows if r.group == group]
+        if not rows:
+            raise NotFound(f"Deployment '{deployment}' has no instance group '{group}'")
+    if ref is None or ref == "":
+        return rows
+    if ref.isascii() and ref.isdigit():
+        rows = [r for r in rows if len(ref) <= 9 and r.index == int(ref)]
+    else:
+        rows = [r for r in rows if r.id == ref] or [r for r in rows if r.id.startswith(ref)]
+    if len(rows) != 1:
+        raise NotFound(f"Deployment '{deployment}' has no instance '{group}/{ref}'" if not rows else
+                       f"'{group}/{ref}' matches {len(rows)} instances: give more of the id")
+    return rows
+
+
 def manifest_releases(text: str) -> set[str]:
     """The release names a manifest uses, as far as they can be read (the deploy checks the rest)."""
     try:
@@ -286,20 +305,7 @@ class Operations:
 
     async def select_instances(self, deployment: str, group: str | None, ref: str | None) -> list[InstanceRow]:
         """All instances, a group's, or one (``index`` or ``uuid``), as the bosh CLI's ``group[/id]``."""
-        rows = await self.store.instances.of_deployment(deployment)
-        if group not in (None, "", "*"):
-            rows = [r for r in rows if r.group == group]
-            if not rows:
-                raise NotFound(f"Deployment '{deployment}' has no instance group '{group}'")
-        if ref not in (None, ""):
-            assert ref is not None
-            # an index, else an id, else the start of an id (the bosh CLI's GROUP/INDEX and GROUP/ID)
-            rows = ([r for r in rows if str(r.index) == ref] or [r for r in rows if r.id == ref]
-                    or [r for r in rows if r.id.startswith(ref)])
-            if len(rows) != 1:
-                raise NotFound(f"Deployment '{deployment}' has no instance '{group}/{ref}'" if not rows else
-                               f"'{group}/{ref}' matches {len(rows)} instances: give more of the id")
-        return rows
+        return pick_instances(await self.store.instances.of_deployment(deployment), deployment, group, ref)
 
     async def change_state_task(self, deployment: str, group: str | None, ref: str | None, action: str,
                                 skip_drain: bool = False) -> int:

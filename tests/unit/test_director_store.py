@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from boshlab.contracts import ApplySpec
+from director.operations import NotFound, pick_instances
 from director.store import InstanceRow, NetworkAddress, Store
 
 LAB = "10.250.7.0/24"
@@ -134,3 +135,19 @@ async def test_an_old_database_gets_the_new_columns(tmp_path: Path) -> None:
         assert row is not None and row.dirty
     finally:
         await s.close()
+
+
+def test_a_number_is_an_index_never_the_start_of_an_id() -> None:
+    """``app/7`` is index 7, even when an instance's id starts with 7 (that was a 1-in-8 flake)."""
+    rows = [InstanceRow("7f3a-0000", "d", "app", 0), InstanceRow("7b21-1111", "d", "app", 1),
+            InstanceRow("c0ff-2222", "d", "web", 0)]
+    assert [r.id for r in pick_instances(rows, "d", "app", "1")] == ["7b21-1111"]
+    with pytest.raises(NotFound, match="no instance 'app/7'"):
+        pick_instances(rows, "d", "app", "7")
+    assert [r.id for r in pick_instances(rows, "d", "app", "7f")] == ["7f3a-0000"]
+    assert [r.id for r in pick_instances(rows, "d", "app", "7b21-1111")] == ["7b21-1111"]
+    with pytest.raises(NotFound, match="matches 2 instances"):
+        pick_instances([*rows, InstanceRow("7f99-3333", "d", "app", 2)], "d", "app", "7f")
+    with pytest.raises(NotFound, match="no instance group 'db'"):
+        pick_instances(rows, "d", "db", None)
+    assert len(pick_instances(rows, "d", "*", None)) == 3
