@@ -25,7 +25,8 @@ from nats.aio.msg import Msg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from director.nats_auth import NatsAuth, agent_url, render
+from boshlab.httpauth import with_userinfo
+from director.nats_auth import NatsAuth, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +95,8 @@ async def main() -> None:
                 await auth.add(f"agent-{i}")
                 adds.append(time.perf_counter() - t)
             base = f"nats://127.0.0.1:{port}"
-            restricted, unrestricted = await round_trips(agent_url(base, "agent-0", auth.agents["agent-0"]),
-                                                         agent_url(base, "free", "f"), "agent-0", a.rounds)
+            restricted, unrestricted = await round_trips(with_userinfo(base, "agent-0", auth.agents["agent-0"]),
+                                                         with_userinfo(base, "free", "f"), "agent-0", a.rounds)
         finally:
             watcher.kill()
             server.terminate()

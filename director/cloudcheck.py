@@ -91,7 +91,47 @@ class CloudCheck:
 
     async def apply_resolutions(self, deployment: str, wanted: dict[str, str]) -> str:
         """Scan again (a problem may have gone away meanwhile), then apply each chosen resolution."""
-        return await _apply(self, deployment, wanted)
+        task = self.task
+        for pid, res in wanted.items():
+            if res not in RESOLUTIONS:
+                raise TaskFailed(f"unknown resolution '{res}' for problem {pid} (one of {', '.join(RESOLUTIONS)})")
+        async with task.step("Scanning VMs", "Checking VM states"):
+            rows = [r for r in await self.instances.of_deployment(deployment) if r.id in wanted]
+            problems = {p.id: p for p in await scan(self.cpi, self.agents, rows)}
+        recreate: list[str] = []
+        done: list[str] = []
+        steps = [(pid, res) for pid, res in wanted.items()]
+        for n, (pid, res) in enumerate(steps, 1):
+            p = problems.get(pid)
+            row = await self.instances.get(pid)
+            if p is None or row is None or row.deployment != deployment:
+                task.info(f"problem {pid} is gone: nothing to do")
+                continue
+            if p.resolutions and res not in p.resolutions:
+                raise TaskFailed(f"'{res}' does not resolve {p.type} (one of {', '.join(p.resolutions)})")
+            async with task.step("Applying problem resolutions", f"{p.type} {p.instance}: {RESOLUTIONS[res]}", n, len(steps)):
+                if res == "ignore":
+                    continue
+                if res in ("delete_vm", "delete_vm_reference"):
+                    await self.forget_vm(row)
+                elif res == "reboot_vm":
+                    assert row.vm_cid is not None and row.agent_id is not None
+                    await self.cpi.reboot_vm(row.vm_cid)
+                    await self.vms.wait_until_ready(row.agent_id, row.vm_cid, row.vm_name or row.vm_cid)
+                elif res == "recreate_vm":
+                    await self.forget_vm(row)
+                    recreate.append(pid)
+                done.append(f"{p.instance}: {res}")
+        if recreate:
+            await self._redeploy_only(deployment, recreate)
+        return f"{len(done)} resolved" + (f": {'; '.join(done)}" if done else "")
+
+    async def _redeploy_only(self, deployment: str, instance_ids: list[str]) -> None:
+        """Deploy the stored manifest (its release versions pinned) for just these instances: new VMs."""
+        dep = await self.deployments.get(deployment)
+        if dep is None:
+            raise TaskFailed(f"Deployment '{deployment}' doesn't exist")
+        await self.redeploy(DeployRequest(dep.manifest, only=set(instance_ids), pinned=dep.releases, store=False))
 
     async def resurrect(self, deployment: str, instance_ids: list[str]) -> str:
         """Recreate the VMs of unresponsive instances; deploy instances that have no VM at all."""
@@ -102,52 +142,7 @@ class CloudCheck:
         if with_vm:
             out.append(await self.apply_resolutions(deployment, {i: "recreate_vm" for i in with_vm}))
         if no_vm:
-            dep = await self.deployments.get(deployment)
-            if dep is None:
-                raise TaskFailed(f"Deployment '{deployment}' doesn't exist")
             self.task.info(f"{', '.join(rows[i].label for i in no_vm)}: no VM: creating")
-            await self.redeploy(DeployRequest(dep.manifest, only=set(no_vm), pinned=dep.releases, store=False))
+            await self._redeploy_only(deployment, no_vm)
             out.append(f"{len(no_vm)} VM(s) created")
         return "; ".join(out) or "nothing to do"
-
-
-async def _apply(cc: CloudCheck, deployment: str, wanted: dict[str, str]) -> str:
-    task = cc.task
-    for pid, res in wanted.items():
-        if res not in RESOLUTIONS:
-            raise TaskFailed(f"unknown resolution '{res}' for problem {pid} (one of {', '.join(RESOLUTIONS)})")
-    async with task.step("Scanning VMs", "Checking VM states"):
-        rows = [r for r in await cc.instances.of_deployment(deployment) if r.id in wanted]
-        problems = {p.id: p for p in await scan(cc.cpi, cc.agents, rows)}
-    recreate: list[str] = []
-    done: list[str] = []
-    steps = [(pid, res) for pid, res in wanted.items()]
-    for n, (pid, res) in enumerate(steps, 1):
-        p = problems.get(pid)
-        row = await cc.instances.get(pid)
-        if p is None or row is None or row.deployment != deployment:
-            task.info(f"problem {pid} is gone: nothing to do")
-            continue
-        if p.resolutions and res not in p.resolutions:
-            raise TaskFailed(f"'{res}' does not resolve {p.type} (one of {', '.join(p.resolutions)})")
-        async with task.step("Applying problem resolutions", f"{p.type} {p.instance}: {RESOLUTIONS[res]}", n, len(steps)):
-            if res == "ignore":
-                continue
-            if res in ("delete_vm", "delete_vm_reference"):
-                await cc.forget_vm(row)
-            elif res == "reboot_vm":
-                assert row.vm_cid is not None and row.agent_id is not None
-                await cc.cpi.reboot_vm(row.vm_cid)
-                await cc.vms.wait_until_ready(row.agent_id, row.vm_cid, row.vm_name or row.vm_cid)
-            elif res == "recreate_vm":
-                await cc.forget_vm(row)
-                recreate.append(pid)
-            done.append(f"{p.instance}: {res}")
-    if recreate:
-        dep = await cc.deployments.get(deployment)
-        if dep is None:
-            raise TaskFailed(f"Deployment '{deployment}' doesn't exist")
-        await cc.redeploy(DeployRequest(dep.manifest, only=set(recreate), pinned=dep.releases, store=False))
-    return f"{len(done)} resolved" + (f": {'; '.join(done)}" if done else "")
-
-

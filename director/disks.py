@@ -100,9 +100,7 @@ class DiskChanges:
                 await self.cpi.attach_disk(inst.row.vm_cid, cid)
                 self.task.info(f"{inst.label}: attached disk {cid}; mount_disk {cid}")
                 await agent.send_message("mount_disk", cid)
-        except CPIError as e:
-            raise TaskFailed(f"{inst.label}: {e}") from None
-        except (AgentError, RpcTimeout) as e:
+        except (CPIError, AgentError, RpcTimeout) as e:
             raise TaskFailed(f"{inst.label}: {e}") from None
         return False
 

@@ -18,9 +18,10 @@ import os
 import secrets
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
+
+from boshlab.httpauth import with_userinfo
 
 log = logging.getLogger("director.nats_auth")
 RELOAD_WAIT = 10.0        # seconds to wait for nats-server to load a new users file
@@ -50,13 +51,6 @@ def render(director_password: str, operator: tuple[str, str] | None, agents: dic
     return "authorization {\n  timeout: 2\n  users = [\n" + "\n".join(users) + "\n  ]\n}\n"
 
 
-def agent_url(mbus: str, agent_id: str, password: str) -> str:
-    """The agent's mbus URL: the lab's NATS address with the agent's own user and password."""
-    u = urlsplit(mbus)
-    host = u.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((u.scheme, f"{quote(agent_id, safe='')}:{quote(password, safe='')}@{host}", u.path, "", ""))
-
-
 class NatsAuth:
     """Per-agent NATS users. Without an auth directory (a plain nats-server: the unit tests' default) it is
     off and every agent gets the shared mbus URL, as in the 2013 deck."""
@@ -82,7 +76,7 @@ class NatsAuth:
         except OSError as e:
             raise NatsAuthError(f"{self.dir}/director.password: {e.strerror or e} (the nats container writes it at "
                                 f"its first start into the nats-auth volume the director shares)") from None
-        return agent_url(mbus, "director", password)
+        return with_userinfo(mbus, "director", password)
 
     def _operator(self) -> tuple[str, str] | None:
         assert self.dir is not None

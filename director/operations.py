@@ -65,13 +65,19 @@ class AgentReply:
     exception: str | None = None
 
 
-def manifest_name(text: str) -> str | None:
+def manifest_header(text: str) -> tuple[str | None, set[str]]:
+    """The deployment name and the release names a manifest gives, as far as they can be read (the deploy
+    task checks the rest and names what is wrong). One parse, for the lock and the releases in use."""
     try:
         doc = safeyaml.load(text, what="manifest")
     except safeyaml.YamlError:
-        return None
-    name = doc.get("name") if isinstance(doc, dict) else None
-    return name if isinstance(name, str) and NAME.fullmatch(name) else None
+        return None, set()
+    if not isinstance(doc, dict):
+        return None, set()
+    name = doc.get("name")
+    raw = doc.get("releases")
+    releases = {str(r["name"]) for r in raw if isinstance(r, dict) and "name" in r} if isinstance(raw, list) else set()
+    return (name if isinstance(name, str) and NAME.fullmatch(name) else None), releases
 
 
 async def _cpi_errors_named(stream: AsyncGenerator[bytes, None], label: str) -> AsyncGenerator[bytes, None]:
@@ -99,16 +105,6 @@ def pick_instances(rows: list[InstanceRow], deployment: str, group: str | None, 
         raise NotFound(f"Deployment '{deployment}' has no instance '{group}/{ref}'" if not rows else
                        f"'{group}/{ref}' matches {len(rows)} instances: give more of the id")
     return rows
-
-
-def manifest_releases(text: str) -> set[str]:
-    """The release names a manifest uses, as far as they can be read (the deploy checks the rest)."""
-    try:
-        doc = safeyaml.load(text, what="manifest")
-    except safeyaml.YamlError:
-        return set()
-    raw = doc.get("releases") if isinstance(doc, dict) else None
-    return {str(r["name"]) for r in raw if isinstance(r, dict) and "name" in r} if isinstance(raw, list) else set()
 
 
 def manifest_or_none(text: str) -> Manifest | None:
@@ -268,8 +264,8 @@ class Operations:
         """A deploy holds its deployment's lock (DeploymentLocked if another task has it). A manifest whose
         name cannot be read still gets a task: it fails there with the parse error. ``pinned``: release
         versions to use where the manifest says "latest" (a redeploy of what was deployed)."""
-        name = deployment or await asyncio.to_thread(manifest_name, manifest_text)
-        releases = await asyncio.to_thread(manifest_releases, manifest_text)
+        named, releases = await asyncio.to_thread(manifest_header, manifest_text)
+        name = deployment or named
 
         async def body(task: Task) -> str:
             self._using_releases[task.id] = releases

@@ -10,14 +10,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from boshlab.contracts import BlobstoreSettings, NetworkSpec, PersistentDiskRef, Settings, UserData
+from boshlab.httpauth import with_userinfo
 
 from .cpi import CPI, DISK_MOUNT_DIR, CPIError, VMInfo
 from .diagnose import diagnose_agent_log, tail
-from .nats_auth import NatsAuth, NatsAuthError, agent_url
+from .nats_auth import NatsAuth, NatsAuthError
 from .nats_rpc import AgentError, Agents, RpcTimeout
+from .planner import netmask
 from .store import Registry
 from .tasks import Task, TaskFailed
 
@@ -50,16 +51,8 @@ NetworksFor = Callable[[VMInfo], dict[str, NetworkSpec]]
 
 def default_networks(vm: VMInfo) -> dict[str, NetworkSpec]:
     """A compilation VM's one network: the lab's."""
-    from .planner import netmask
     return {"default": {"type": "dynamic", "ip": vm.ip, "netmask": netmask(vm.prefix_len), "gateway": vm.gateway,
                         "dns": ["127.0.0.11"], "default": ["dns", "gateway"], "cloud_properties": {}}}
-
-
-def with_credentials(url: str, user: str, password: str) -> str:
-    """``http://host:port`` -> ``http://user:password@host:port`` (both percent-encoded)."""
-    u = urlsplit(url)
-    host = u.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((u.scheme, f"{quote(user, safe='')}:{quote(password, safe='')}@{host}", u.path, u.query, ""))
 
 
 def disk_settings(cids: list[str]) -> dict[str, PersistentDiskRef]:
@@ -85,7 +78,7 @@ class VMs:
         name = self.name_for(what, agent_id)
         # The VM's own registry credentials: it can read its settings and no other VM's.
         registry_password = secrets.token_urlsafe(18)
-        user_data: UserData = {"registry": {"endpoint": with_credentials(self.env.registry_url, agent_id,
+        user_data: UserData = {"registry": {"endpoint": with_userinfo(self.env.registry_url, agent_id,
                                                                          registry_password)},
                                "server": {"name": name}}
         disks = list(disk_cids or [])
@@ -94,7 +87,7 @@ class VMs:
             nats_password = await self.nats_auth.add(agent_id)
         except NatsAuthError as e:
             raise TaskFailed(f"creating the NATS user of agent {agent_id}: {e}") from None
-        mbus = agent_url(self.env.mbus, agent_id, nats_password) if self.nats_auth.enabled else self.env.mbus
+        mbus = with_userinfo(self.env.mbus, agent_id, nats_password) if self.nats_auth.enabled else self.env.mbus
         try:
             vm = await self.cpi.create_vm(agent_id, name, user_data, metadata, static or {}, disks)
         except CPIError as e:

@@ -15,7 +15,8 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from director.nats_auth import NatsAuth, agent_url, render
+from boshlab.httpauth import with_userinfo
+from director.nats_auth import NatsAuth, render
 from tests.unit.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ class AuthServer:
     auth: NatsAuth
 
     def url(self, user: str, password: str) -> str:
-        return agent_url(f"nats://127.0.0.1:{self.port}", user, password)
+        return with_userinfo(f"nats://127.0.0.1:{self.port}", user, password)
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ async def test_sync_replaces_the_users(server: AuthServer) -> None:
 def test_without_an_auth_dir_every_agent_shares_the_mbus_url() -> None:
     auth = NatsAuth("")
     assert not auth.enabled
-    assert agent_url("nats://nats:nats@nats:4222", "a-1", "p/w") == "nats://a-1:p%2Fw@nats:4222"
+    assert with_userinfo("nats://nats:nats@nats:4222", "a-1", "p/w") == "nats://a-1:p%2Fw@nats:4222"
 
 
 def test_quotes_cannot_break_out_of_the_config() -> None:
