@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,24 @@ class BlobNotFound(BlobstoreError):
 
 class Sha1Mismatch(BlobstoreError):
     pass
+
+
+class BlobstoreDenied(BlobstoreError):
+    """The blobstore answered 401 or 403: no or wrong credentials, or a user not allowed to do that (an
+    agent may not list blobs nor delete one). Not retried."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """One blob as the director's listing shows it (nginx autoindex)."""
+    id: str
+    path: str                # /<xx>/<id>
+    size: int | None
+    mtime: str | None        # as nginx gives it (RFC 1123)
 
 
 TIMEOUT_OPTIONS = ("connect_timeout", "read_timeout", "request_timeout", "min_rate")
@@ -132,13 +151,17 @@ class DavClient:
     def _auth(self) -> dict[str, str]:
         return basic_auth(self.config.user, self.config.password or "") if self.config.user else {}
 
+    def _check_denied(self, method: str, status: int) -> None:
+        if status in (401, 403):
+            raise BlobstoreDenied(f"{method} answered {status}", status)
+
     def _timeout_text(self, e: BaseException) -> str:
         if isinstance(e, aiohttp.ConnectionTimeoutError):
             return f"could not connect within {self.config.connect_timeout:g} s (connect deadline)"
         return f"no data from the blobstore for {self.config.read_timeout:g} s (read deadline)"
 
     async def _retry(self, what: str, blob_id: str, fn: Callable[[Sized], Awaitable[Any]],
-                     size: int | None = None) -> Any:
+                     size: int | None = None, *, target: str | None = None) -> Any:
         """``fn`` with the retries, each attempt under the overall deadline for ``size`` bytes (``fn`` may
         give the size later: ``sized(content_length)``). Errors end in a BlobstoreError naming the blob."""
         last: Exception | None = None
@@ -156,6 +179,9 @@ class DavClient:
                     return await fn(sized)
             except (BlobNotFound, Sha1Mismatch):
                 raise
+            except BlobstoreDenied as e:     # not retried: the same credentials get the same answer
+                raise BlobstoreDenied(f"{what} {target or f'blob {blob_id} at {self.url(blob_id)}'}: {e}",
+                                      e.status) from e
             except TimeoutError as e:
                 last = e
                 if isinstance(e, aiohttp.ServerTimeoutError):
@@ -165,7 +191,8 @@ class DavClient:
                     detail = f"not done within {round(self.config.deadline(known), 1):g} s (overall deadline{of})"
             except (aiohttp.ClientError, BlobstoreError) as e:
                 last, detail = e, str(e)
-        raise BlobstoreError(f"{what} blob {blob_id} at {self.url(blob_id)}: {detail}") from last
+        target = target or f"blob {blob_id} at {self.url(blob_id)}"
+        raise BlobstoreError(f"{what} {target}: {detail}") from last
 
     async def exists(self, blob_id: str) -> bool:
         async def go(sized: Sized) -> bool:
@@ -174,6 +201,7 @@ class DavClient:
                     return True
                 if r.status == 404:
                     return False
+                self._check_denied("HEAD", r.status)
                 raise BlobstoreError(f"HEAD answered {r.status}")
         return bool(await self._retry("checking", blob_id, go))
 
@@ -186,6 +214,7 @@ class DavClient:
             async with self._sess().put(self.url(blob_id), data=data, headers=self._auth(),
                                         timeout=self._timeout()) as r:
                 if r.status not in (201, 204):
+                    self._check_denied("PUT", r.status)
                     raise BlobstoreError(f"PUT answered {r.status}")
         await self._retry("uploading", blob_id, go, len(data))
         return blob_id, digest
@@ -206,6 +235,7 @@ class DavClient:
             async with self._sess().put(self.url(blob_id), data=body(), headers=headers,
                                         timeout=self._timeout()) as r:
                 if r.status not in (201, 204):
+                    self._check_denied("PUT", r.status)
                     raise BlobstoreError(f"PUT answered {r.status}")
         await self._retry("uploading", blob_id, go, size)
         return blob_id, digest
@@ -219,6 +249,7 @@ class DavClient:
                 if r.status == 404:
                     raise BlobNotFound(f"blob {blob_id} not found in the blobstore")
                 if r.status != 200:
+                    self._check_denied("GET", r.status)
                     raise BlobstoreError(f"GET answered {r.status}")
                 sized(r.content_length)
                 with open(dest, "wb") as f:
@@ -237,6 +268,7 @@ class DavClient:
                 if r.status == 404:
                     raise BlobNotFound(f"blob {blob_id} not found in the blobstore")
                 if r.status != 200:
+                    self._check_denied("GET", r.status)
                     raise BlobstoreError(f"GET answered {r.status}")
                 sized(r.content_length)
                 return await r.read()
@@ -273,6 +305,45 @@ class DavClient:
         except BlobNotFound:
             return None
         return h.hexdigest()
+
+    async def _index(self, path: str) -> list[dict[str, Any]]:
+        """nginx's ``autoindex_format json`` listing of a directory (``/`` or ``/<xx>/``), with retries."""
+        url = self.config.endpoint + path
+
+        async def go(sized: Sized) -> list[dict[str, Any]]:
+            async with self._sess().get(url, headers=self._auth(), timeout=self._timeout()) as r:
+                if r.status == 404:
+                    return []
+                if r.status != 200:
+                    self._check_denied("GET", r.status)
+                    raise BlobstoreError(f"GET answered {r.status}")
+                try:
+                    entries = await r.json(content_type=None)
+                except ValueError:
+                    entries = None
+            if not isinstance(entries, list):
+                raise BlobstoreError(f"GET {url}: not a JSON listing (is autoindex_format json on?)")
+            return [e for e in entries if isinstance(e, dict)]
+        entries: list[dict[str, Any]] = await self._retry("listing", path, go, target=url)
+        return entries
+
+    async def list_blobs(self, concurrency: int = 8) -> list[BlobEntry]:
+        """Every blob, sorted by id: the listing of ``/`` then of each ``/<xx>/`` (nginx autoindex, which the
+        lab's blobstore allows the director only: an agent gets BlobstoreDenied)."""
+        top = await self._index("/")
+        dirs = sorted(str(e["name"]) for e in top
+                      if e.get("type") == "directory" and re.fullmatch(r"[0-9a-fA-F]{2}", str(e.get("name", ""))))
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(d: str) -> list[BlobEntry]:
+            async with sem:
+                entries = await self._index(f"/{d}/")
+            return [BlobEntry(str(e["name"]), f"/{d}/{e['name']}",
+                              int(e["size"]) if isinstance(e.get("size"), int) else None,
+                              str(e["mtime"]) if e.get("mtime") is not None else None)
+                    for e in entries if e.get("type") == "file" and e.get("name")]
+        found = [b for chunk in await asyncio.gather(*(one(d) for d in dirs)) for b in chunk]
+        return sorted(found, key=lambda b: b.id)
 
     async def delete(self, blob_id: str) -> None:
         async def go(sized: Sized) -> None:

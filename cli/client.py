@@ -264,6 +264,38 @@ class DirectorClient:
         finally:
             r.release()
 
+    async def lines(self, path: str, *, params: Params | None = None, headers_timeout: float = 30,
+                    max_line: int = 16 * 1024 * 1024) -> AsyncGenerator[bytes, None]:
+        """A streamed line-oriented body (JSONL, e.g. ``GET /watch``), one line at a time without its newline
+        (blank lines skipped; a last line without a newline is given too). The answer's headers must come
+        within ``headers_timeout`` seconds (:class:`DirectorUnreachable` if not); then there is no read
+        deadline, as a stream may be quiet for long. A line longer than ``max_line`` bytes is an error."""
+        try:
+            async with asyncio.timeout(headers_timeout):
+                r = await self.request("GET", path, params=params)
+        except TimeoutError:
+            raise DirectorUnreachable(self.url, f"no answer to GET {path} within {headers_timeout:g} s") from None
+        pending: list[bytes] = []       # the line being received, in pieces
+        pending_len = 0
+        try:
+            async for chunk in r.content.iter_any():
+                while (i := chunk.find(b"\n")) >= 0:
+                    line = b"".join([*pending, chunk[:i]]).rstrip(b"\r")
+                    pending, pending_len, chunk = [], 0, chunk[i + 1:]
+                    if line.strip():
+                        yield line
+                pending.append(chunk)
+                pending_len += len(chunk)
+                if pending_len > max_line:
+                    raise DirectorError(r.status, f"GET {path}: a line longer than {max_line} bytes")
+            last = b"".join(pending).rstrip(b"\r")
+            if last.strip():
+                yield last
+        except aiohttp.ClientError as e:
+            raise DirectorUnreachable(self.url, f"GET {path}: {e}") from None
+        finally:
+            r.release()
+
     # --- tasks ----------------------------------------------------------------------------------------
 
     async def start_task(self, method: str, path: str, *, json: Any = None, data: bytes | str | None = None,

@@ -78,9 +78,9 @@ async def cmd_delete_release(d: DirectorClient, args: argparse.Namespace) -> int
 # --- deployments --------------------------------------------------------------------------------------
 
 async def cmd_deploy(d: DirectorClient, args: argparse.Namespace) -> int:
-    try:
-        text = Path(args.manifest).read_text()
-    except OSError as e:
+    try:   # "-": the manifest on stdin (from the host, through workshop/bin/bosh-lab)
+        text = sys.stdin.read() if args.manifest == "-" else Path(args.manifest).read_text()
+    except (OSError, UnicodeDecodeError) as e:
         raise CLIError(f"cannot read manifest: {e}", EXIT_USAGE) from None
     params = {"skip_drain": "true"} if args.skip_drain else {}
     return await start_task(d, "POST", "/deployments", args, data=text.encode(), content_type="text/yaml",

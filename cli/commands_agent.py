@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,10 @@ async def cmd_ssh(d: DirectorClient, args: argparse.Namespace) -> int:
     VM's host key pinned, then ``ssh cleanup`` whatever happened."""
     path = instance_path(args) + "/ssh"
     user = f"bosh_{secrets.token_hex(5)}"
+    missing = [tool for tool in ("ssh", "ssh-keygen") if shutil.which(tool) is None]
+    if missing:
+        raise CLIError(f"bosh-lab ssh needs OpenSSH's client ({', '.join(missing)} not found): install "
+                       "openssh-client, or run the CLI in the director container (workshop/bin/bosh-lab)")
     with tempfile.TemporaryDirectory(prefix="bosh-lab-ssh-") as tmp:
         key = Path(tmp) / "id_ed25519"
         p = await asyncio.to_thread(subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", user,

@@ -1,6 +1,11 @@
 """``bosh-lab``: the lab's CLI for people and scripts. Verbs are named like the bosh CLI's; every listing takes
 ``--json`` (before or after the verb). It talks only to the director's HTTP API (BOSH_LAB_DIRECTOR, default
-http://127.0.0.1:25555).
+http://127.0.0.1:25555), except ``blobstore``, the deck's blobstore client console, which talks to the DAV
+blobstore (BOSH_LAB_BLOBSTORE_ENDPOINT, default http://127.0.0.1:25250).
+
+``watch`` follows what crosses NATS and the blobstore (``--replay FILE`` plays a recording back; Ctrl-C
+ends it, exit 0; BOSH_LAB_SCREENCAST=1: times relative to the first line). ``blobstore [exists ID | get ID
+FILE | put FILE | ls]``: no verb is the interactive console (``bsc.object_exists?("ID")`` and the like).
 
 Exit codes (for scripts):
   0  done                               4  not found (deployment, instance, task, release)
@@ -20,6 +25,12 @@ from .client import DirectorClient, DirectorClientError
 from .commands import ALIASES, COMMANDS, cmd_create_release
 from .commands_agent import COMMANDS as AGENT_COMMANDS
 from .commands_agent import add_parsers
+from .commands_blobstore import COMMANDS as BLOBSTORE_COMMANDS
+from .commands_blobstore import add_parsers as add_blobstore_parsers
+from .commands_fault import COMMANDS as FAULT_COMMANDS
+from .commands_fault import add_parsers as add_fault_parsers
+from .commands_watch import COMMANDS as WATCH_COMMANDS
+from .commands_watch import add_parsers as add_watch_parsers
 from .errors import EXIT_USAGE, CLIError, cli_error
 from .output import colour
 
@@ -63,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("release")
     s.add_argument("--force", action="store_true", help="go on when a blob cannot be deleted")
     s = add("deploy", "deploy a manifest")
-    s.add_argument("manifest")
+    s.add_argument("manifest", help="the deployment manifest (YAML); - reads it from stdin")
     s.add_argument("-d", "--deployment", help="ignored: the manifest names the deployment")
     s.add_argument("--skip-drain", action="store_true", help="do not run drain scripts")
     add("deployments", "list deployments", aliases=("dep",))
@@ -104,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     s = add("cancel-task", "cancel a running task", aliases=("ct",))
     s.add_argument("id", type=int)
     add_parsers(add)   # disks, delete-disk, logs, ssh, agent-message
+    add_watch_parsers(add)        # watch (GET /watch, --replay)
+    add_blobstore_parsers(add)    # blobstore: the DAV blobstore's client console (not the director's API)
+    add_fault_parsers(add)        # fault, faults: game-day fault verbs (POST/DELETE /faults)
     return p
 
 
@@ -113,7 +127,8 @@ async def run(args: argparse.Namespace) -> int:
         return await cmd_create_release(None, args)
     async with DirectorClient(args.environment, args.user, args.password) as d:
         try:
-            return await {**COMMANDS, **AGENT_COMMANDS}[args.command](d, args)
+            verbs = {**COMMANDS, **AGENT_COMMANDS, **WATCH_COMMANDS, **BLOBSTORE_COMMANDS, **FAULT_COMMANDS}
+            return await verbs[args.command](d, args)
         except DirectorClientError as e:
             raise cli_error(e) from None
 

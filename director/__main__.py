@@ -28,7 +28,8 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    api, registry = make_apps(cfg, lab.operations, lab.process_uuid, lab.start, lab.stop)
+    api, registry = make_apps(cfg, lab.operations, lab.process_uuid, lab.start, lab.stop, faults=lab.faults,
+                              watch_hub=lab.watch_hub)
     runners = [web.AppRunner(api), web.AppRunner(registry)]
     for r in runners:
         await r.setup()   # the API app's cleanup_ctx starts the director

@@ -62,6 +62,7 @@ class Config:
     agent_long_task_deadline: float = 3600.0  # ... for compile_package, migrate_disk, fetch_logs
     agent_drain_deadline: float = 3600.0      # ... for drain (static or dynamic), as a whole
     max_running_tasks: int = 64               # tasks running at once; more are refused (429), not queued
+    blobstore_log: str = ""                   # nginx's JSON access log the watch tails (docs/watch.md); empty: off
 
     def __post_init__(self) -> None:
         if self.agent_timeout == 0.0:
@@ -116,6 +117,7 @@ class Config:
             agent_long_task_deadline=_float("BOSH_LAB_AGENT_LONG_TASK_DEADLINE", d.agent_long_task_deadline),
             agent_drain_deadline=_float("BOSH_LAB_AGENT_DRAIN_DEADLINE", d.agent_drain_deadline),
             max_running_tasks=max(1, int(_float("BOSH_LAB_MAX_RUNNING_TASKS", d.max_running_tasks))),
+            blobstore_log=_env("BOSH_LAB_BLOBSTORE_LOG", d.blobstore_log),
         )
 
     def registry_url(self) -> str:

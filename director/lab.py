@@ -11,6 +11,7 @@ from boshlab.dav import DavClient, DavConfig
 from . import cpi as cpi_port
 from .config import Config
 from .cpi import CPIError
+from .faults import Faults
 from .health import HealthMonitor, HealthSettings
 from .nats_auth import NatsAuth, NatsAuthError
 from .nats_rpc import Agents, Deadlines, NatsRpc
@@ -18,6 +19,10 @@ from .operations import Operations
 from .store import Store
 from .tasks import TaskRunner
 from .vms import AgentEnv
+from .watch.correlator import Correlator
+from .watch.directory import Directory
+from .watch.hub import Hub
+from .watch.tap import Tap
 
 log = logging.getLogger("director")
 NATS_AT_START = 10.0      # seconds start-up waits for NATS before serving the API without it
@@ -27,6 +32,7 @@ class Lab:
     def __init__(self, config: Config, cpi: cpi_port.CPI | None = None) -> None:
         self.config = config
         self.store = Store(Path(config.data_dir) / "director.sqlite3")
+        self.watch_hub = Hub()           # the watch timeline (docs/watch.md): anything may publish into it
         self.nats_auth = NatsAuth(config.nats_auth_dir, config.nats_monitor_url)
         self.rpc = NatsRpc(self.nats_auth.director_url(config.nats_url) if self.nats_auth.enabled else config.nats_url)
         self.cpi = cpi or cpi_port.load(config.cpi, cpi_port.CPISettings(
@@ -48,6 +54,14 @@ class Lab:
                        config.heartbeat_interval, config.agent_wait_timeout)
         self.operations = Operations(config, self.store, self.cpi, agents, self.dav, self.tasks, self.health, env,
                                      self.nats_auth)
+        self.watch_directory = Directory(self.store, config.lab_name)
+        self.watch_tap = Tap(lambda: self.nats_auth.monitor_url(config.nats_url), self.watch_hub,
+                             Correlator(self.watch_directory.names, timeout=config.rpc_timeout + 1.0),
+                             self.watch_directory, config.blobstore_log,
+                             dav_director_user=config.blobstore_director_user)
+        self.faults = Faults(self.store.faults, self.store.instances, self.store.deployments, self.cpi, self.nats_auth,
+                             recreate=lambda d, i: self.operations.scan_and_fix_task(d, [i]),
+                             emit=self.watch_hub.publish)
 
     @property
     def process_uuid(self) -> str:
@@ -55,6 +69,7 @@ class Lab:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.faults.restore()                     # agents cut off NATS (a fault verb) stay cut off
         try:
             await self.operations.sync_nats_users()     # before anyone connects: the agents of the VMs that exist
         except NatsAuthError as e:
@@ -63,6 +78,7 @@ class Lab:
         if failed:
             log.warning("task(s) %s were running when the director stopped: marked failed", ", ".join(map(str, failed)))
         self.rpc.subscribe(wire.HEARTBEAT_WILDCARD, self.health.on_heartbeat)
+        self.watch_tap.start()                          # the timeline hears the director's first messages too
         self.rpc.start()
         if not await self.rpc.wait_connected(NATS_AT_START):
             log.warning("NATS is not reachable at %s yet: serving the API, still trying (see /info)",
@@ -75,6 +91,8 @@ class Lab:
         self.health.start()
 
     async def stop(self) -> None:
+        await self.watch_tap.stop()
+        self.watch_hub.close_all()
         await self.health.stop()
         await self.tasks.cancel_all()
         if not self.config.keep_vms_on_stop:

@@ -3,6 +3,8 @@
 #
 # Who may connect (as today's BOSH does, with passwords instead of certificates):
 #   director   its own user, every subject (password generated at first start: $AUTH/director.password)
+#   monitor    read-only: subscribe to every subject, publish to none (the director's `watch` tap;
+#              password generated at first start: $AUTH/monitor.password)
 #   operator   NATS_USER / NATS_PASSWORD, every subject: for people on the host (`nats sub '>'`); when
 #              NATS_PASSWORD is empty a random one is generated at first start ($AUTH/operator.password)
 #   agents     one user per VM, made by the director when it creates the VM: subscribe agent.<id> only,
@@ -38,25 +40,28 @@ secret() {   # a random password, generated once and kept in the shared volume
 }
 
 case "$NATS_USER" in
-  ''|director|*[!A-Za-z0-9_.-]*) echo "nats-entrypoint: NATS_USER '$NATS_USER' must be a plain name other than 'director'" >&2; exit 1 ;;
+  ''|director|monitor|*[!A-Za-z0-9_.-]*) echo "nats-entrypoint: NATS_USER '$NATS_USER' must be a plain name other than 'director' and 'monitor'" >&2; exit 1 ;;
 esac
 
 mkdir -p /run/nats "$NATS_AUTH_DIR"
 director_password=$(secret "$NATS_AUTH_DIR/director.password")
+monitor_password=$(secret "$NATS_AUTH_DIR/monitor.password")
 if [ -n "$NATS_PASSWORD" ]; then
   (umask 077; printf '%s' "$NATS_PASSWORD" > "$NATS_AUTH_DIR/operator.password")
 fi
 operator_password=$(secret "$NATS_AUTH_DIR/operator.password")
 printf '%s' "$NATS_USER" > "$NATS_AUTH_DIR/operator.user"
 
-# The users until the director writes its own file (the director keeps these two and adds the agents).
-if [ ! -s "$NATS_AUTH_DIR/auth.conf" ]; then
+# The users until the director writes its own file (the director keeps these three and adds the agents).
+# An auth.conf of an older lab without the monitor user is written again (the director rewrites it anyway).
+if [ ! -s "$NATS_AUTH_DIR/auth.conf" ] || ! grep -q '{user: "monitor"' "$NATS_AUTH_DIR/auth.conf"; then
   umask 077
   cat > "$NATS_AUTH_DIR/auth.conf" <<AUTH
 authorization {
   timeout: 2
   users = [
     {user: "director", password: "$(q "$director_password")"}
+    {user: "monitor", password: "$(q "$monitor_password")", permissions: {publish: {deny: [">"]}, subscribe: {allow: [">"]}}}
     {user: "$(q "$NATS_USER")", password: "$(q "$operator_password")"}
   ]
 }
@@ -84,7 +89,7 @@ debug: $(bool "$NATS_DEBUG")
 trace: $(bool "$NATS_TRACE")
 CONF
 
-echo "nats-entrypoint: users 'director', '$NATS_USER' and one per agent VM ($NATS_AUTH_DIR/auth.conf);" \
+echo "nats-entrypoint: users 'director', 'monitor' (read-only), '$NATS_USER' and one per agent VM ($NATS_AUTH_DIR/auth.conf);" \
      "clients on :4222, monitoring on :8222" >&2
 /usr/local/bin/nats-reload-on-change "$NATS_AUTH_DIR/auth.conf" /run/nats/nats.pid &
 exec /usr/sbin/nats-server -c "$conf" "$@"

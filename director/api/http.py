@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..faults import Faults
 from ..operations import BadRequest, Conflict, NotFound, Operations
 from ..tasks import DeploymentLocked, TaskNotRunning, TooManyTasks
 
@@ -24,6 +25,7 @@ class Identity:
 
 OPERATIONS = web.AppKey("operations", Operations)
 IDENTITY = web.AppKey("identity", Identity)
+FAULTS = web.AppKey("faults", Faults)        # the game-day fault verbs (api/faults.py)
 
 
 def authorized(header: str, user: str, password: str) -> bool:

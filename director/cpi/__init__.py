@@ -112,6 +112,10 @@ class CPI(Protocol):
         """The CPI network for a manual network's subnet (made now if need be); its name."""
     async def remove_unused_networks(self) -> list[str]: ...
 
+    async def pause_service(self, name: str, paused: bool) -> None:
+        """Freeze (``paused``) or thaw one of the lab's own services (``blobstore``, ``nats``): the processes stop
+        but keep their sockets, as a hung server does (game-day faults). CPIError names a service it cannot find."""
+
 
 def load(name: str, settings: CPISettings) -> CPI:
     """The CPI module's ``create(settings)``: ``docker`` is ``director.cpi.docker_cpi``; a dotted name is any

@@ -378,6 +378,36 @@ class DockerCPI:
         raise CPIError(f"detach_disk {disk_cid}: Docker cannot remove a mount from the running container "
                        f"{vm_cid[:12]}; the disk is detached by creating the VM without it")
 
+    # --- the lab's own services (game-day faults) -----------------------------------------------------
+
+    async def pause_service(self, name: str, paused: bool) -> None:
+        """``docker pause``/``unpause`` the container of compose service ``name`` of the director's project."""
+        def go() -> None:
+            cli = self._docker()
+            project = self.lab
+            try:
+                me = cli.containers.get(socket.gethostname())
+                project = str((me.labels or {}).get(COMPOSE_PROJECT, "")) or project
+            except docker.errors.NotFound:
+                pass
+            found = cli.containers.list(all=True, filters={"label": [f"{COMPOSE_PROJECT}={project}",
+                                                                     f"{COMPOSE_SERVICE}={name}"]})
+            if not found:
+                raise CPIError(f"no container of service '{name}' in compose project '{project}'")
+            for c in found:
+                c.reload()
+                state = c.attrs.get("State") or {}
+                try:
+                    if paused and not state.get("Paused"):
+                        if not state.get("Running"):
+                            raise CPIError(f"service '{name}' ({c.name}) is not running: {c.status}")
+                        c.pause()
+                    elif not paused and state.get("Paused"):
+                        c.unpause()
+                except docker.errors.APIError as e:
+                    raise CPIError(f"{'pausing' if paused else 'unpausing'} {c.name}: {e.explanation or e}") from None
+        await self._thread(go)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._thread(self._client.close)

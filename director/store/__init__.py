@@ -6,6 +6,7 @@ from pathlib import Path
 from .db import Database
 from .deployments import Deployments, Resurrection
 from .disks import Disks
+from .faults import FaultRecords
 from .instances import Instances
 from .registry import Registry
 from .releases import CompiledPackages, Releases
@@ -13,6 +14,7 @@ from .rows import (
     CompiledPackageRow,
     DeploymentRow,
     DiskRow,
+    FaultRow,
     InstanceRow,
     NetworkAddress,
     ReleaseJobRow,
@@ -24,7 +26,7 @@ from .tasks import Tasks
 
 __all__ = ["Store", "Database", "CompiledPackageRow", "DeploymentRow", "DiskRow", "InstanceRow", "NetworkAddress",
            "ReleaseJobRow", "ReleasePackageRow", "ReleaseRow", "TaskRow", "Releases", "CompiledPackages",
-           "Deployments", "Resurrection", "Instances", "Registry", "Tasks", "Disks"]
+           "Deployments", "Resurrection", "Instances", "Registry", "Tasks", "Disks", "FaultRecords", "FaultRow"]
 
 
 class Store:
@@ -40,6 +42,7 @@ class Store:
         self.registry = Registry(self.db)
         self.tasks = Tasks(self.db)
         self.disks = Disks(self.db)
+        self.faults = FaultRecords(self.db)
 
     async def open(self) -> None:
         await self.db.open()

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS resurrection (
 CREATE TABLE IF NOT EXISTS disks (
   cid TEXT PRIMARY KEY, deployment TEXT NOT NULL, instance_id TEXT, instance TEXT NOT NULL DEFAULT '',
   size INTEGER NOT NULL, orphaned INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, orphaned_at REAL);
+CREATE TABLE IF NOT EXISTS faults (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, deployment TEXT, instance_id TEXT, instance TEXT, target TEXT NOT NULL,
+  state TEXT NOT NULL, details TEXT NOT NULL DEFAULT '{}', message TEXT NOT NULL DEFAULT '',
+  created_at REAL NOT NULL, undone_at REAL, undo_message TEXT);
 """
 
 # Columns added after the first schema: a volume kept from an older lab gets them on open.

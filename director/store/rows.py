@@ -172,3 +172,25 @@ class DiskRow:
     def of(cls, r: dict[str, Any]) -> DiskRow:
         return cls(r["cid"], r["deployment"], r["instance_id"], r["instance"], int(r["size"]), bool(r["orphaned"]),
                    float(r["created_at"]), r["orphaned_at"])
+
+
+@dataclass(frozen=True)
+class FaultRow:
+    """A fault injected by ``bosh-lab fault``: active until undone. ``details`` is what undoing it needs."""
+    id: str
+    kind: str
+    deployment: str | None
+    instance_id: str | None
+    instance: str | None       # the instance's label when injected: group/id (index)
+    target: str                # what it hit, in words: an instance path, "blobstore"
+    state: str                 # active | undone
+    details: dict[str, Any]
+    message: str
+    created_at: float
+    undone_at: float | None
+    undo_message: str | None
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> FaultRow:
+        return cls(r["id"], r["kind"], r["deployment"], r["instance_id"], r["instance"], r["target"], r["state"],
+                   _json(r["details"], {}), r["message"] or "", r["created_at"], r["undone_at"], r["undo_message"])

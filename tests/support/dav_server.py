@@ -46,6 +46,11 @@ class DavServer:
     def store(self) -> Path:
         return self.root / "store"
 
+    @property
+    def watch_log(self) -> Path:
+        """nginx's JSON line per blob request (log_format watch), as the director's watch tails it."""
+        return self.root / "watch.log"
+
 
 def render_conf(root: Path, port: int) -> str:
     """blobstore/nginx.conf with its container paths moved under ``root``; every rewrite must apply (so a
@@ -60,6 +65,7 @@ def render_conf(root: Path, port: int) -> str:
         ("access_log /dev/stdout blobstore;", f"access_log {root}/access.log blobstore;"),
         ("listen 25250 default_server;", f"listen 127.0.0.1:{port} default_server;"),
         ("/var/vcap/store/blobstore", str(root)),
+        ("/var/log/blobstore/watch.log", str(root / "watch.log")),
         ("/etc/nginx/blobstore", str(root / "auth")),
     ]
     for old, new in rewrites:

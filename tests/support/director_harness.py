@@ -62,7 +62,8 @@ class Director:
     async def start(cls, config: Config, cpi: FakeCPI) -> Director:
         lab = Lab(config, cpi=cpi)
         d = cls(config, cpi, lab)
-        api, reg = make_apps(config, lab.operations, lab.process_uuid, lab.start, lab.stop)
+        api, reg = make_apps(config, lab.operations, lab.process_uuid, lab.start, lab.stop, faults=lab.faults,
+                             watch_hub=lab.watch_hub)
         for app, port in ((reg, config.registry_port), (api, config.api_port)):
             runner = web.AppRunner(app)
             await runner.setup()          # the API app's setup runs lab.start()

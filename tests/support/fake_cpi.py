@@ -139,6 +139,7 @@ class FakeVM:
     exit_code: int | None = None
     vm_metadata: dict[str, str] = field(default_factory=dict)
     boots: int = 0
+    agent_down: bool = False        # ``sv down /etc/service/agent``: the agent stopped, the VM runs on
 
     @property
     def paths(self) -> Paths:
@@ -227,6 +228,7 @@ class FakeCPI:
         self.networks: list[str] = []
         self.removed_networks: list[str] = []
         self.calls: list[str] = []                        # "create_vm <cid>", "attach_disk <vm> <disk>", ...
+        self.services = {"blobstore": False, "nats": False}   # the lab's services -> paused (pause_service)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -253,6 +255,7 @@ class FakeCPI:
     def _start_agent(self, vm: FakeVM) -> None:
         vm.boots += 1
         vm.exit_code = None
+        vm.agent_down = False
         vm.mbus = None
         token = _CURRENT_VM.set(vm)
         try:
@@ -349,16 +352,42 @@ class FakeCPI:
         vm = self.vms.get(cid)
         if vm is None:
             return VMStatus(False)
-        if vm.running:
+        if vm.running or vm.agent_down:
             return VMStatus(True, True, None, "running")
         lines = self.agent_log_text(cid).splitlines()[-tail:] if tail else []
         return VMStatus(True, False, vm.exit_code, "exited", "\n".join(lines) + ("\n" if lines else ""))
 
     async def exec(self, cid: str, cmd: list[str]) -> tuple[int, str]:
-        """Only ``tail -n N <file under /var/vcap>`` (what the director reads: the agent's log)."""
+        """``tail -n N <file under /var/vcap>`` (what the director reads: the agent's log); ``sv down|force-stop|up
+        /etc/service/agent`` (the agent stops answering / starts again, the VM runs on); ``[timeout N] sh -c
+        SCRIPT``, run by this machine's sh with ``/var/vcap`` in the script meaning the VM's dir (the fault verbs'
+        scripts, which touch only files under /var/vcap)."""
         vm = self._vm(cid, "exec")
-        if not vm.running:
+        if len(cmd) == 3 and cmd[0] == "sv" and cmd[1] in ("down", "force-stop", "up") and cmd[2] == "/etc/service/agent":
+            if cmd[1] != "up" and vm.running:
+                vm.agent_down = True
+                await self._stop_agent(vm, 0)
+                vm.exit_code = None
+            elif cmd[1] == "up" and vm.agent_down:
+                vm.agent_down = False
+                self._start_agent(vm)
+            return 0, ""
+        if not vm.running and not vm.agent_down:
             raise CPIError(f"exec in VM {cid}: it is not running")
+        deadline = 60.0
+        if len(cmd) > 2 and cmd[0] == "timeout" and cmd[1].isdigit():
+            deadline, cmd = float(cmd[1]), cmd[2:]
+        if len(cmd) == 3 and cmd[0] == "sh" and cmd[1] == "-c":
+            script = cmd[2].replace(VM_BASE, str(vm.root))
+            proc = await asyncio.create_subprocess_exec("sh", "-c", script, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.STDOUT)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), deadline)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                return 124, ""
+            return int(proc.returncode or 0), out.decode(errors="replace").replace(str(vm.root), VM_BASE)
         if len(cmd) == 4 and cmd[0] == "tail" and cmd[1] == "-n" and cmd[2].isdigit():
             path = vm.host_path(cmd[3])
             if not path.is_file():
@@ -466,6 +495,14 @@ class FakeCPI:
         gone, self.networks = self.networks, []
         self.removed_networks.extend(gone)
         return gone
+
+    # --- the lab's services --------------------------------------------------------------------------
+
+    async def pause_service(self, name: str, paused: bool) -> None:
+        if name not in self.services:
+            raise CPIError(f"no container of service '{name}' in compose project '{self.lab}'")
+        self.services[name] = paused
+        self.calls.append(f"pause_service {name} {paused}")
 
 
 @contextlib.contextmanager

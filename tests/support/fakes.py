@@ -162,6 +162,7 @@ class FakeUsers(UserAdmin):
 
 FAIL_MARKER = "FAKE_SUPERVISOR_FAIL"
 _CHECK = re.compile(r"^\s*check\s+process\s+(\S+)", re.MULTILINE)
+_START = re.compile(r'^\s*start\s+program\s*=?\s*"([^"]*)"', re.MULTILINE)
 
 
 class VMSupervisor(FakeSupervisor):
@@ -173,15 +174,26 @@ class VMSupervisor(FakeSupervisor):
     def __init__(self, paths: Paths) -> None:
         super().__init__(paths)
         self.jobs: dict[str, list[str]] = {}     # job -> its monit process names
+        self.start_programs: dict[str, str] = {}  # job -> its start program (the command's first word)
+
+    def _executable(self, program: str) -> bool:
+        """A start program under /var/vcap that is there but not executable cannot start (monit: "Execution
+        failed"): its job is failing (the ``fail-job`` fault verb makes it so)."""
+        if not program.startswith("/var/vcap/"):
+            return True
+        path = self.paths.base / program[len("/var/vcap/"):]
+        return not path.is_file() or os.access(path, os.X_OK)
 
     def install_jobs(self, jobs: Sequence[tuple[str, str]]) -> None:
         super().install_jobs(jobs)
         self.jobs = {name: _CHECK.findall(monit) for name, monit in jobs}
+        self.start_programs = {name: m.group(1).split()[0] for name, monit in jobs
+                               if (m := _START.search(monit)) and m.group(1).split()}
         wanted = [p for procs in self.jobs.values() for p in procs]
         self.services = {p: self.services.get(p) or MonitService(p) for p in wanted}
 
     def failing_jobs(self) -> set[str]:
-        out = set()
+        out = {job for job, program in self.start_programs.items() if not self._executable(program)}
         for job in self.jobs:
             root = self.paths.job_link(job)
             if not root.is_dir():
