@@ -154,9 +154,15 @@ def tear_down(lab: Lab, project: str) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The workshop tests first: they read the lab as the workshop deploy left it (its tasks are the newest)."""
+    """The workshop tests first: they read the lab as the workshop deploy left it (its tasks are the newest);
+    the workshop's chapters last: they redeploy redis-solo and inject faults into it."""
     e2e = Path(__file__).parent
-    items.sort(key=lambda item: 1 if item.path.parent == e2e and item.path.name != "test_workshop.py" else 0)
+
+    def order(item: pytest.Item) -> int:
+        if item.path.parent != e2e or item.path.name == "test_workshop.py":
+            return 0
+        return 2 if item.path.name == "test_chapters.py" else 1
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")
