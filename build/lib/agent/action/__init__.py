@@ -1,0 +1,1 @@
+"""One small module per agent message; the registry is agent.dispatcher.ACTIONS."""
