@@ -12,6 +12,7 @@ from typing import Any, Literal, TypedDict
 
 Kind = Literal["request", "progress", "reply", "heartbeats", "alert", "blob", "fault", "note", "dropped"]
 KINDS: tuple[str, ...] = ("request", "progress", "reply", "heartbeats", "alert", "blob", "fault", "note", "dropped")
+GLOBAL_KINDS = ("heartbeats", "fault", "note", "dropped")   # kept by a deployment filter when of no deployment
 CallState = Literal["sent", "running", "done", "failed", "timeout"]
 
 DIRECTOR = "director"       # lifeline names besides instances
@@ -67,14 +68,15 @@ class TimelineEvent(TypedDict, total=False):
 def matches(event: TimelineEvent, deployment: str | None = None, instance: str | None = None,
             method: str | None = None, kinds: tuple[str, ...] | None = None) -> bool:
     """The filters of ``watch``. ``instance`` is ``group/index``, a group name, an instance id or an agent id.
-    An event of no instance (the director's own blob PUTs, notes) passes an instance filter only when it is
-    a fault or a note naming it in ``text``; ``method`` keeps only request/progress/reply of that method."""
+    An event of no deployment passes a deployment filter only when it is of no deployment by nature (a
+    heartbeat summary, a fault, a note); an event of no instance passes an instance filter only when it is a
+    fault or a note naming it in ``text``; ``method`` keeps only request/progress/reply of that method."""
     if kinds is not None and event.get("kind") not in kinds:
         return False
     if deployment and event.get("deployment") not in (deployment, None):
         return False
-    if deployment and event.get("deployment") is None and event.get("kind") in ("request", "progress", "reply"):
-        return False
+    if deployment and event.get("deployment") is None and event.get("kind") not in GLOBAL_KINDS:
+        return False     # a call, blob or alert of no known deployment (the director's own blob requests)
     if method and event.get("method") != method:
         return False
     if instance:

@@ -31,7 +31,10 @@ def test_a_method_filter_keeps_only_that_methods_calls_even_with_an_instance_fil
 def test_a_deployment_filter_drops_calls_of_unknown_deployment_but_keeps_global_events() -> None:
     assert matches(REPLY, deployment="d") and not matches(REPLY, deployment="other")
     assert not matches({**REPLY, "deployment": None}, deployment="d")
-    assert matches(BEATS, deployment="d")
+    assert matches(BEATS, deployment="d") and matches(FAULT, deployment="d")
+    director_put: TimelineEvent = {"seq": 5, "ts": 3.0, "kind": "blob", "src": "director", "dst": "blobstore",
+                                   "deployment": None, "blob": {"method": "PUT", "id": "b", "status": 201}}
+    assert matches(director_put) and not matches(director_put, deployment="d")
 
 
 def test_requests_fold_into_their_replies_and_unanswered_ones_say_so() -> None:
