@@ -190,7 +190,7 @@ class Child:
         assert self.proc.stdout is not None
         text = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), deadline)
         if not text:
-            raise SystemExit(f"bench child {self.proc.args} ended without answering (exit {self.proc.wait(5)})")
+            raise SystemExit(f"bench child {self.proc.args!r} ended without answering (exit {self.proc.wait(5)})")
         out: dict[str, Any] = json.loads(text)
         return out
 
@@ -339,7 +339,7 @@ async def run(url: str, rate: float, seconds: float, agents: int, window: float)
             published_at = time.monotonic()
 
             def complete() -> bool:
-                return (len(seen.requests) >= sent["request"] and len(seen.replies) >= sent["reply"]
+                return bool(len(seen.requests) >= sent["request"] and len(seen.replies) >= sent["reply"]
                         and seen.heartbeats >= sent["heartbeat"])
             drain_deadline = published_at + max(5.0, window * 2 + 2)
             calls_at: float | None = None
