@@ -1,1 +1,0 @@
-"""One small module per agent message; the registry is agent.dispatcher.ACTIONS."""
