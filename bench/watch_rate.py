@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ import aiohttp  # noqa: E402
 import nats  # noqa: E402
 from aiohttp import web  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
+
+from tests.support.nats_server import NatsServerMissing, nats_server  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_DEADLINE = 20.0        # seconds a child process or nats-server may take to be ready
@@ -72,40 +73,6 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 # ---- nats-server ---------------------------------------------------------------------------------------------
-
-class NatsServer:
-    def __init__(self, workdir: Path) -> None:
-        exe = shutil.which("nats-server") or next((p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server")
-                                                   if Path(p).exists()), None)
-        if exe is None:
-            raise SystemExit("nats-server is not installed (apt-get install nats-server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        conf = workdir / "nats.conf"
-        conf.write_text(f'listen: 127.0.0.1:{self.port}\nauthorization {{ user: "nats", password: "nats" }}\n')
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"nats://nats:nats@127.0.0.1:{self.port}"
-
-    async def ready(self) -> None:
-        deadline = time.monotonic() + START_DEADLINE
-        while time.monotonic() < deadline:
-            try:
-                _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1)
-                w.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise SystemExit("nats-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
 
 # ---- the children ----------------------------------------------------------------------------------------------
 
@@ -440,21 +407,22 @@ async def main() -> None:
         await role_baseline(a.nats)
         return
     seconds = a.seconds or (3.0 if a.quick else 5.0 if a.find_max else 10.0)
-    with tempfile.TemporaryDirectory(prefix="bench-watch-rate-") as tmp:
-        server = NatsServer(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="bench-watch-rate-") as tmp, contextlib.ExitStack() as stack:
         try:
-            await server.ready()
-            results = [await run(server.url, a.rate, seconds, a.agents, a.window)]
-            if a.find_max:
-                rate = a.rate
-                while keeps_up(results[-1]) and rate * 2 <= a.max_rate:
-                    rate *= 2
-                    results.append(await run(server.url, rate, seconds, a.agents, a.window))
-                    if not a.json:
-                        print(f"  {rate:.0f} msg/s: lost {results[-1]['lost']}, p99 {results[-1]['latency_p99_ms']} ms",
-                              file=sys.stderr)
-        finally:
-            server.stop()
+            port = await asyncio.to_thread(stack.enter_context, nats_server(Path(tmp), lambda p: (
+                f'listen: 127.0.0.1:{p}\nauthorization {{ user: "nats", password: "nats" }}\n')))
+        except NatsServerMissing as e:
+            raise SystemExit(str(e)) from None
+        url = f"nats://nats:nats@127.0.0.1:{port}"
+        results = [await run(url, a.rate, seconds, a.agents, a.window)]
+        if a.find_max:
+            rate = a.rate
+            while keeps_up(results[-1]) and rate * 2 <= a.max_rate:
+                rate *= 2
+                results.append(await run(url, rate, seconds, a.agents, a.window))
+                if not a.json:
+                    print(f"  {rate:.0f} msg/s: lost {results[-1]['lost']}, p99 {results[-1]['latency_p99_ms']} ms",
+                          file=sys.stderr)
     ok = [r["rate_asked"] for r in results if keeps_up(r)]
     summary = {"runs": results, "keeps_up_at_asked_rate": keeps_up(results[0]),
                "max_sustained_rate": max(ok) if a.find_max and ok else None,

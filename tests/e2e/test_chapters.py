@@ -4,28 +4,18 @@ lab, in order; each ```expected block is checked against its command's output. A
 lab fails here, naming the chapter, the block and its line."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from .conftest import ROOT, Lab
+from tests.support.workshop_play import load
+
+from .conftest import Lab
 
 pytestmark = pytest.mark.e2e
 
 
-def _play() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("workshop_play", ROOT / "workshop" / "play.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["workshop_play"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-play = _play()
+play = load()
 CHAPTERS = play.chapters()
 
 

@@ -1,16 +1,17 @@
 """Fixtures every unit test may use: a loopback HTTP server for a handler, and a real nats-server."""
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+
+from tests.support import nats_server as support
+from tests.support.nats_server import free_port
+
+__all__ = ["free_port"]     # tests import it from here
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,11 +37,6 @@ async def http_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
         await r.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @dataclass
 class NatsServer:
@@ -56,24 +52,10 @@ class NatsServer:
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A real nats-server (Debian's, ``apt-get install nats-server``) with the deck's user/password auth."""
-    exe = shutil.which("nats-server") or next((p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server")
-                                               if Path(p).exists()), None)
-    if exe is None:
-        pytest.skip("nats-server is not installed (apt-get install nats-server): the NATS round trip needs it")
-    server = NatsServer(free_port())
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f'listen: 127.0.0.1:{server.port}\nauthorization {{ user: "nats", password: "nats" }}\n')
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError("nats-server did not start")
-    yield server
-    proc.terminate()
-    proc.wait(5)
+    try:
+        support.executable()
+    except support.NatsServerMissing as e:
+        pytest.skip(f"{e}: the NATS round trip needs it")
+    with support.nats_server(tmp_path, lambda port: f'listen: 127.0.0.1:{port}\n'
+                             'authorization { user: "nats", password: "nats" }\n') as port:
+        yield NatsServer(port)

@@ -2,26 +2,16 @@
 output, and running blocks in one shell (state kept, failures caught, stdin not swallowed, deadlines)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.support.workshop_play import load
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("workshop_play", ROOT / "workshop" / "play.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["workshop_play"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-play = _load()
+play = load()
 
 CHAPTER = """# 3. Boot
 

@@ -4,10 +4,6 @@ user turns traffic into paired events, and keeps trying while NATS is down."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +17,7 @@ from director.nats_auth import NatsAuth, NatsAuthError, render
 from director.watch.correlator import Correlator
 from director.watch.hub import Hub
 from director.watch.tap import Tap, agent_of
-from tests.unit.conftest import free_port
+from tests.support.nats_server import NatsServerMissing, executable, free_port, nats_server
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -57,24 +53,13 @@ async def test_nats_auth_writes_the_monitor_user_and_gives_its_url(tmp_path: Pat
 
 @pytest.fixture
 def auth_server(tmp_path: Path) -> Iterator[int]:
-    exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not Path(exe).exists():
-        pytest.skip("nats-server is not installed")
-    port = free_port()
+    try:
+        executable()
+    except NatsServerMissing as e:
+        pytest.skip(str(e))
     (tmp_path / "auth.conf").write_text(render("d-secret", None, {}, monitor_password="m-secret"))
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f'listen: 127.0.0.1:{port}\ninclude "auth.conf"\n')
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    with nats_server(tmp_path, lambda port: f'listen: 127.0.0.1:{port}\ninclude "auth.conf"\n') as port:
+        yield port
 
 
 def url(port: int, user: str, password: str) -> str:
