@@ -37,8 +37,7 @@ if str(ROOT) not in sys.path:
 
 from aiohttp import web  # noqa: E402
 
-from director.api import watch_ui  # noqa: E402
-from tests.support.chromium import chromium  # noqa: E402
+from tests.support.chromium import PageServer, chromium  # noqa: E402
 
 Event = dict[str, Any]
 PAGE_DEADLINE = 20.0       # seconds for the page to load and connect
@@ -164,38 +163,17 @@ def deploy(vms: int, rounds: int, in_flight: int = 10, batch_s: float = 6.0) -> 
 
 # ---- the server (a thread of its own: selenium blocks) ---------------------------------------------------------
 
-class Server:
+class Server(PageServer):
+    """The real page; /watch replays the synthetic deploy to every open stream."""
+
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        super().__init__()
         self.streams: set[asyncio.Queue[bytes]] = set()
         self.connected = threading.Event()
-        self.runner: web.AppRunner | None = None
-        self.port = 0
 
-    def start(self) -> None:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.add_routes(watch_ui.routes)                  # the real page
-        app.router.add_get("/watch", self.watch)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self.runner.addresses[0][1])
-
-    def stop(self) -> None:
-        async def _stop() -> None:
-            for q in list(self.streams):
-                q.put_nowait(b"")
-            if self.runner is not None:
-                await self.runner.cleanup()
-        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    def end_streams(self) -> None:
+        for q in list(self.streams):
+            q.put_nowait(b"")
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -252,7 +230,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 def open_page(drv: Any, server: Server, query: str) -> None:
     server.connected.clear()
-    drv.get(f"http://127.0.0.1:{server.port}/watch/ui?{query}")
+    drv.get(f"{server.url}/watch/ui?{query}")
     if not server.connected.wait(PAGE_DEADLINE):
         raise SystemExit("the page did not open GET /watch")
     deadline = time.monotonic() + PAGE_DEADLINE

@@ -11,9 +11,11 @@ When chromium is missing the tests skip only where they could not have installed
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
+
+from director.api import watch_ui
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".artifacts"      # screenshots (kept by CI as test artefacts; not committed)
@@ -121,3 +126,50 @@ def browser_errors(drv: Any) -> list[str]:
     except Exception:  # noqa: BLE001 - a driver without the log endpoint: nothing to check
         return []
     return [entry["message"] for entry in logs if entry.get("level") == "SEVERE" and "favicon" not in entry["message"]]
+
+
+class PageServer:
+    """The real sequence-diagram page and a ``/watch`` of the subclass's own (``watch``), served from an event
+    loop in a thread of its own: selenium blocks the thread that drives the browser. ``end_streams`` runs on
+    that loop before the server stops, to end the streams still open."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        return web.Application()
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def end_streams(self) -> None:
+        pass
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> None:
+        app = self.app()
+        app.add_routes(watch_ui.routes)
+        app.router.add_get("/watch", self.watch)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.port = int(self.runner.addresses[0][1])
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            self.end_streams()
+            if self.runner is not None:
+                await self.runner.cleanup()
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

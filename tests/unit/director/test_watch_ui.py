@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from aiohttp import ClientSession, web
 
 from director.api import watch_ui
 from director.api.http import basic_auth, errors_as_json
-from tests.support.chromium import browser_errors, chromium, rows, screenshot, wait_for
+from tests.support.chromium import PageServer, browser_errors, chromium, rows, screenshot, wait_for
 from tests.support.dav_server import DavServer
 from tests.support.director_harness import dummy_manifest
 from tests.unit.director.conftest import Directors
@@ -85,7 +84,7 @@ def other_instance(seq: int, ts: float = T0 + 5) -> list[dict[str, Any]]:
 
 # ---- the fake director -----------------------------------------------------------------------------------------
 
-class FakeDirector:
+class FakeDirector(PageServer):
     """The real watch_ui routes and basic auth; a fake GET /watch (SSE) fed by ``publish``; a recorded
     session at /replay.jsonl. Runs in a thread of its own so the test can block on the browser."""
 
@@ -94,39 +93,16 @@ class FakeDirector:
         self.streams: set[asyncio.Queue[dict[str, Any]]] = set()
         self.watch_requests: list[dict[str, Any]] = []
         self.replay = ""
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.port = 0
-        self.runner: web.AppRunner | None = None
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-
-    async def _start(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_as_json, basic_auth(USER, PASSWORD, "BOSH Director")])
-        app.add_routes(watch_ui.routes)
-        app.router.add_get("/watch", self.watch)
         app.router.add_get("/replay.jsonl", self.get_replay)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self.runner.addresses[0][1])
+        return app
 
-    def stop(self) -> None:
-        async def _stop() -> None:
-            for q in list(self.streams):
-                q.put_nowait({})          # ends the streams
-            if self.runner is not None:
-                await self.runner.cleanup()
-        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    def end_streams(self) -> None:
+        for q in list(self.streams):
+            q.put_nowait({})
 
     def publish(self, *events: dict[str, Any], delay: float = 0.0) -> None:
         for ev in events:
