@@ -54,7 +54,7 @@ def table(figures: list[Figure]) -> str:
                      f"{f['baseline']:g} {f['unit']} ({f['baseline_name']})" if f["baseline"] else "-",
                      f"{f['ratio']:g}×" if f["baseline"] else "-", goal, verdict))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def dumps(figures: list[Figure]) -> str:

@@ -88,7 +88,7 @@ const dispatched = performance.now() - t0;
 requestAnimationFrame(() => {          // after the page's own frame (scheduled by the change, so earlier)
   const drawn = performance.now() - t0;
   setTimeout(() => done({ dispatched, drawn, settled: performance.now() - t0, value: sel.value,
-                          rows: document.querySelectorAll("#rows > g").length }), 0);
+                          rows: document.querySelectorAll("#diagram .rows > g").length }), 0);
 });
 """
 
@@ -268,6 +268,24 @@ def summarise(probe: dict[str, Any], filt: dict[str, Any], wall: float) -> dict[
     }
 
 
+def top_functions(profile: dict[str, Any], n: int = 20) -> str:
+    """The functions with the most self time in a CDP CPU profile (samples x interval)."""
+    nodes = {node["id"]: node for node in profile["nodes"]}
+    counts: dict[int, int] = {}
+    for sample in profile.get("samples", []):
+        counts[sample] = counts.get(sample, 0) + 1
+    total = sum(counts.values()) or 1
+    span_ms = (profile["endTime"] - profile["startTime"]) / 1000
+    by_fn: dict[str, int] = {}
+    for nid, c in counts.items():
+        f = nodes[nid]["callFrame"]
+        key = f"{f['functionName'] or '(anonymous)'} {Path(f['url']).name}:{f['lineNumber'] + 1}" if f["url"] \
+            else f["functionName"]
+        by_fn[key] = by_fn.get(key, 0) + c
+    rows = sorted(by_fn.items(), key=lambda kv: -kv[1])[:n]
+    return "\n".join(f"{c / total * span_ms:9.0f} ms  {c / total:6.1%}  {k}" for k, c in rows)
+
+
 def watch_counts(drv: Any, until: float, done: Future[float] | None, expected: int) -> None:
     """Look at the page's counters every POLL seconds until ``until`` (baseline) or all events received."""
     while True:
@@ -289,6 +307,8 @@ def main() -> None:
     p.add_argument("--filter", default="app/7", help="the instance filter applied at the end")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", metavar="FILE", help="also record the page's JavaScript CPU profile during the replay "
+                   "(Chrome DevTools .cpuprofile) and print the functions with the most self time")
     a = p.parse_args()
     vms = a.vms or (20 if a.quick else 50)
     rounds = a.rounds or (1 if a.quick else 3)
@@ -312,11 +332,18 @@ def main() -> None:
             # the replay
             open_page(drv, server, "deployment=bench")
             drv.execute_script("window.__probe.on = true")
+            if a.profile:
+                drv.execute_cdp_cmd("Profiler.enable", {})
+                drv.execute_cdp_cmd("Profiler.start", {})
             t0 = time.monotonic()
             done = server.play(timed, seconds)
             watch_counts(drv, t0 + seconds + 60, done, len(timed))
             drv.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")   # drawn
             wall = time.monotonic() - t0
+            if a.profile:
+                profile = drv.execute_cdp_cmd("Profiler.stop", {})["profile"]
+                Path(a.profile).write_text(json.dumps(profile))
+                print(top_functions(profile), file=sys.stderr)
             probe = collect(drv)
             results["stream"] = summarise(probe, drv.execute_async_script(FILTER, a.filter), wall)
             results["stream"]["events_sent"] = len(timed)

@@ -1,10 +1,19 @@
 // The live sequence diagram (docs/watch.md): GET /watch as server-sent events, drawn as SVG.
 // Plain JS, no framework, nothing loaded from elsewhere. DOM work is batched once per animation frame and the
 // SVG keeps at most MAX_DRAWN rows, so a deploy of 50 VMs stays responsive.
+// The rows are drawn in chunks of CHUNK_ROWS, each chunk an <svg> of its own: a frame adds rows to the last
+// chunk only, so the browser lays out and paints ~100 rows, not the 2,000 drawn (one SVG of 2,000 rows with 50
+// lifelines took 0.2-0.5 s per frame to lay out and paint). Rows keep the y they were drawn at; the chunks sit in
+// a slide moved up by CSS when old chunks are dropped (a whole chunk at a time); far down the page (REBASE px)
+// everything is drawn again from y = 0.
 "use strict";
 (function () {
   const MAX_DRAWN = 2000;       // rows in the SVG; older ones are dropped from it (kept in memory for filters)
   const MAX_KEPT = 20000;       // events kept in memory
+  const CHUNK_ROWS = 100;       // rows per <svg> chunk
+  const SVGNS = "http://www.w3.org/2000/svg";
+  const FULL_GAP = 500;         // ms: a new lifeline that does not sort last redraws everything, at most this often
+  const REBASE = 4000000;       // px: below this, draw again from 0 (browsers lay out at most ~16-33 M px)
   const FIXED = ["director", "nats", "blobstore"];
   const GUTTER = 172;           // the time and seq column
   const COL_W = 180;            // one lifeline
@@ -19,7 +28,7 @@
     instance: $("f-instance"), method: $("f-method"), heartbeats: $("f-heartbeats"), blobs: $("f-blobs"),
     file: $("replay-file"), speed: $("speed"), live: $("live"), counts: $("counts"),
     scroller: $("scroller"), heads: $("lifeheads"), dropnote: $("dropnote"), svg: $("diagram"),
-    root: $("root"), lifelines: $("lifelines"), rows: $("rows"), acts: $("acts"), marks: $("marks"), empty: $("empty"),
+    diagram: $("diagram"), slide: $("slide"), empty: $("empty"),
     detail: $("detail"), detailTitle: $("detail-title"), detailCall: $("detail-call"), detailJson: $("detail-json"),
     detailClose: $("detail-close"),
   };
@@ -56,6 +65,13 @@
     retry: null,
     replay: null,
     ownScroll: false,
+    chunks: [],              // {div, svg, lifelines, rows, acts, marks, y0, y1, n}: the drawn rows, CHUNK_ROWS each
+    width: 0,                // the width the chunks were drawn for
+    newCols: new Map(),      // key -> {name, deployment}: lifelines that appeared since the last frame
+    relayout: false,         // a new lifeline sorts among the others: redraw everything (at most every FULL_GAP ms)
+    lastFull: 0,             // performance.now() of the last full redraw
+    later: null,             // the timer of a delayed full redraw
+    hbDrawn: [],             // {ev, top, ch}: heartbeat summaries drawn (their dots for lifelines added later)
   };
   window.watchUI = {   // for the browser tests and the curious: read-only views of the state
     stats: () => ({ total: st.total, kept: st.all.length, drawn: st.rows.length, pending: st.pending.length,
@@ -191,7 +207,7 @@
     learn(ev);
     if (visible(ev)) {
       const c = instanceCol(ev);
-      if (c && !st.colIdx.has(c.key)) st.full = true;   // a new lifeline: lay the columns out again
+      if (c && !st.colIdx.has(c.key) && !st.newCols.has(c.key)) st.newCols.set(c.key, c);   // a new lifeline
       st.queue.push(ev);
     }
     schedule();
@@ -215,6 +231,31 @@
     const inst = Array.from(st.colInfo.keys()).filter((k) => !isFixed(k)).sort(compareCols);
     st.cols = FIXED.concat(inst);
     st.colIdx = new Map(st.cols.map((k, i) => [k, i]));
+    st.newCols.clear();
+    drawHeads();
+  }
+  // New lifelines that all sort after the drawn ones are added on the right, leaving every drawn row where it
+  // is. Returns false when one sorts among them: then everything is drawn again.
+  function appendColumns() {
+    const fresh = Array.from(st.newCols.values());
+    st.newCols.clear();
+    for (const c of fresh) st.colInfo.set(c.key, { name: c.name, deployment: c.deployment, fixed: false });
+    const keys = fresh.map((c) => c.key).sort(compareCols);
+    const last = st.cols[st.cols.length - 1];
+    if (!isFixed(last) && compareCols(keys[0], last) < 0) return false;
+    for (const k of keys) { st.colIdx.set(k, st.cols.length); st.cols.push(k); }
+    // heartbeat summaries drawn before the lifeline existed get its dot now
+    st.hbDrawn = st.hbDrawn.filter((r) => r.ch.div.isConnected);
+    for (const r of st.hbDrawn) {
+      const dots = heartbeatDots(r.ev, keys);
+      if (dots) r.ch.marks.insertAdjacentHTML("beforeend",
+        `<g class="marks" data-uid="${uidOf.get(r.ev)}" transform="translate(0,${r.top})">${dots}</g>`);
+    }
+    drawHeads();
+    return true;
+  }
+  function drawHeads() {
+    const inst = st.cols.filter((k) => !isFixed(k));
     const deployments = new Set(inst.map((k) => st.colInfo.get(k).deployment || ""));
     const frag = document.createDocumentFragment();
     for (const k of st.cols) {      // DOM, not markup: the page's CSP allows no style="" attributes
@@ -325,22 +366,13 @@
       const hb = ev.heartbeats || {};
       const h = H.heartbeats, y = h / 2 + 2;
       const changed = new Set(hb.changed || []);
-      let dots = "";
-      for (const [name, state] of Object.entries(hb.instances || {})) {
-        for (const key of st.cols) {
-          const info = st.colInfo.get(key);
-          if (info.fixed || info.name !== name) continue;
-          if (ev.deployment && info.deployment && info.deployment !== ev.deployment) continue;
-          dots += `<circle class="hb ${state === "running" ? "ok" : "bad"}${changed.has(name) ? " changed" : ""}" ` +
-            `cx="${colX(key)}" cy="${y}" r="8"><title>${esc(name)}: ${esc(state)}</title></circle>`;
-        }
-      }
+      const dots = heartbeatDots(ev, st.cols);
       const text = `♥ ${hb.count || 0} heartbeats in ${Math.round(hb.window_s || 0)} s` +
         (changed.size ? ` · ${Array.from(changed).map((n) => `${n} now ${(hb.instances || {})[n] || "?"}`).join(", ")}` : "");
       const body = `<text class="label" x="${fixedX("director") - COL_W / 2 + 8}" y="${y + 5}">${esc(text)}</text>`;
       // the dots go in a layer above the activation bars, or a running action would hide them
       const marks = dots ? `<g class="marks" data-uid="${uidOf.get(ev)}" transform="translate(0,${st.bottom})">${dots}</g>` : "";
-      return { html: rowHead(ev, h, k, "", Array.from(changed).join(",")) + body + "</g>", h, marks };
+      return { html: rowHead(ev, h, k, "", Array.from(changed).join(",")) + body + "</g>", h, marks, heartbeats: true };
     }
     // fault, alert, note, dropped: a banner across the diagram
     const h = H.banner;
@@ -357,43 +389,61 @@
     return { html: rowHead(ev, h, k, "", typeof target === "string" ? target : "") + body + "</g>", h };
   }
 
+  // A heartbeat summary's dots on the lifelines ``keys`` of the instances it names.
+  function heartbeatDots(ev, keys) {
+    const hb = ev.heartbeats || {};
+    const y = H.heartbeats / 2 + 2, changed = new Set(hb.changed || []);
+    let dots = "";
+    for (const key of keys) {
+      const info = st.colInfo.get(key);
+      if (info.fixed || !Object.prototype.hasOwnProperty.call(hb.instances || {}, info.name)) continue;
+      if (ev.deployment && info.deployment && info.deployment !== ev.deployment) continue;
+      const state = hb.instances[info.name];
+      dots += `<circle class="hb ${state === "running" ? "ok" : "bad"}${changed.has(info.name) ? " changed" : ""}" ` +
+        `cx="${colX(key)}" cy="${y}" r="8"><title>${esc(info.name)}: ${esc(state)}</title></circle>`;
+    }
+    return dots;
+  }
+
   // Long-running actions: an activation bar on the instance's lifeline from the request to the final reply.
   function startActivation(ev, c, y) {
     if (!c || !ev.call) return;
     let rec = st.calls.get(ev.call);
     if (!rec) { rec = { col: c.key, reqY: y, seq: ev.seq, el: null, open: false }; st.calls.set(ev.call, rec); }
-    if (rec.el) return;
+    if (rec.els) return;
     rec.col = c.key;
     rec.open = true;
     rec.method = ev.method;
     rec.instance = ev.instance || c.name;
     rec.depth = 0;
     for (const other of st.openActs) if (other.col === rec.col) rec.depth = Math.max(rec.depth, other.depth + 1);
-    rec.el = makeAct(rec, ev);
+    rec.els = [makeAct(rec, ev)];
     st.openActs.add(rec);
   }
   function endActivation(ev, c, y) {
     if (!c || !ev.call) return;
     const rec = st.calls.get(ev.call);
     if (!rec) return;
-    if (!rec.el && ev.agent_task_id) {   // a long-running action whose progress we did not draw
+    if (!rec.els && ev.agent_task_id) {   // a long-running action whose progress we did not draw
       rec.depth = 0; rec.method = ev.method; rec.instance = ev.instance || c.name; rec.col = c.key;
-      rec.el = makeAct(rec, ev);
+      rec.els = [makeAct(rec, ev)];
     }
-    if (!rec.el) { st.calls.delete(ev.call); return; }
+    if (!rec.els) { st.calls.delete(ev.call); return; }
     st.openActs.delete(rec);
     rec.open = false;
     rec.seq = ev.seq;
     const polls = typeof ev.polls === "number" ? ` (${ev.polls} poll${ev.polls === 1 ? "" : "s"})` : "";
     const bad = ev.state && ev.state !== "done";
     sizeAct(rec, y, `${rec.method || "?"} … ${duration(ev.latency_ms)}${polls}${bad ? " " + ev.state : ""}`);
-    rec.el.setAttribute("class", `act${bad ? " bad" : ""}${st.selected === uidOf.get(ev) ? " sel" : ""}`);
-    rec.el.setAttribute("data-seq", String(ev.seq));
-    rec.el.setAttribute("data-uid", String(uidOf.get(ev)));
+    for (const el of rec.els) {
+      el.setAttribute("class", `act${bad ? " bad" : ""}${st.selected === uidOf.get(ev) ? " sel" : ""}`);
+      el.setAttribute("data-seq", String(ev.seq));
+      el.setAttribute("data-uid", String(uidOf.get(ev)));
+    }
     st.calls.delete(ev.call);
   }
   function makeAct(rec, ev) {
-    const g = document.createElementNS("http://www.w3.org/2000/svg", "g");
+    const g = document.createElementNS(SVGNS, "g");
     g.setAttribute("class", "act open");
     g.setAttribute("data-kind", "activation");
     g.setAttribute("data-seq", String(ev.seq));
@@ -401,35 +451,54 @@
     g.setAttribute("data-method", ev.method || "");
     g.setAttribute("data-instance", rec.instance || "");
     g.setAttribute("data-deployment", ev.deployment || "");
-    g.appendChild(document.createElementNS("http://www.w3.org/2000/svg", "rect"));
-    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    g.appendChild(document.createElementNS(SVGNS, "rect"));
+    const t = document.createElementNS(SVGNS, "text");
     t.setAttribute("class", "label");
     g.appendChild(t);
     pendingActs.push(g);
     return g;
   }
-  function sizeAct(rec, yEnd, text) {
+  // The bar's copies: one per chunk it crosses, each chunk's <svg> showing its part. A running bar grows in the
+  // newest chunk only (the older copies already reach past their chunk's end): one chunk is laid out again.
+  function sizeAct(rec, yEnd, text, newestOnly) {
     const x = colX(rec.col) - 7 + rec.depth * 6;
     const top = rec.reqY, hgt = Math.max(6, yEnd - top);
-    const r = rec.el.firstChild, t = rec.el.lastChild;
-    r.setAttribute("x", String(x)); r.setAttribute("y", String(top));
-    r.setAttribute("width", "14"); r.setAttribute("height", String(hgt)); r.setAttribute("rx", "3");
-    t.setAttribute("x", String(x + 22)); t.setAttribute("y", String(yEnd - 22));
-    t.textContent = text;
+    for (const el of newestOnly ? rec.els.slice(-1) : rec.els) {
+      const r = el.firstChild, t = el.lastChild;
+      r.setAttribute("x", String(x)); r.setAttribute("y", String(top));
+      r.setAttribute("width", "14"); r.setAttribute("height", String(hgt)); r.setAttribute("rx", "3");
+      t.setAttribute("x", String(x + 22)); t.setAttribute("y", String(yEnd - 22));
+      t.textContent = text;
+    }
   }
 
   function frame() {
     st.scheduled = false;
+    if (!st.full && st.bottom > REBASE) st.full = true;   // far down: draw again from y = 0
+    if (!st.full && st.newCols.size && !appendColumns()) st.relayout = true;
+    if (st.relayout && !st.full) {
+      const wait = st.lastFull + FULL_GAP - performance.now();
+      if (wait > 0) {           // redrawn everything a moment ago: draw once more in a moment, not every frame
+        if (!st.later) st.later = setTimeout(() => { st.later = null; schedule(); }, wait);
+        return;
+      }
+      st.full = true;
+    }
     if (st.full) fullRender(); else appendRows(st.queue);
     st.queue = [];
-    for (const rec of st.openActs) sizeAct(rec, st.bottom - 4, `${rec.method || "?"} … running`);
+    for (const rec of st.openActs) sizeAct(rec, st.bottom - 4, `${rec.method || "?"} … running`, true);
     const trimmed = trim();
-    const h = Math.max(st.bottom - st.top + 30, 200);
-    ui.svg.setAttribute("height", String(h));
-    ui.svg.setAttribute("width", String(width()));
-    ui.root.setAttribute("transform", `translate(0,${-st.top + 10})`);
-    ui.heads.style.width = `${width()}px`;
-    drawLifelines();
+    const last = st.chunks[st.chunks.length - 1];
+    if (last) sizeChunk(last);
+    const w = width();
+    if (w !== st.width) {     // lifelines were added on the right
+      st.width = w;
+      for (const ch of st.chunks) { sizeChunk(ch); drawLifelines(ch); }
+      ui.heads.style.width = `${w}px`;
+    }
+    ui.slide.style.transform = `translateY(${-st.top + 10}px)`;
+    ui.diagram.style.height = `${Math.max(st.bottom - st.top + 30, 200)}px`;
+    ui.diagram.style.width = `${w}px`;
     ui.empty.hidden = st.rows.length > 0;
     ui.dropnote.hidden = st.dropped === 0;
     if (st.dropped) {
@@ -444,39 +513,86 @@
     counts();
   }
 
+  // A new chunk below the last: an <svg> (in a div the browser may skip while it is off screen) whose layers
+  // are translated so rows keep their page y. Activations still running get a copy in it.
+  function newChunk() {
+    const y0 = st.bottom;
+    const div = document.createElement("div");
+    div.className = "chunk";
+    div.style.top = `${y0}px`;
+    const svg = document.createElementNS(SVGNS, "svg");
+    const root = document.createElementNS(SVGNS, "g");
+    root.setAttribute("transform", `translate(0,${-y0})`);
+    const layer = (name) => { const g = document.createElementNS(SVGNS, "g"); g.setAttribute("class", name); root.appendChild(g); return g; };
+    const ch = { div, svg, lifelines: layer("lifelines"), rows: layer("rows"), acts: layer("acts"), marks: layer("marks"),
+                 y0, y1: y0, n: 0 };
+    svg.appendChild(root);
+    div.appendChild(svg);
+    ui.slide.appendChild(div);
+    st.chunks.push(ch);
+    drawLifelines(ch);
+    for (const rec of st.openActs) {
+      if (!rec.els || !rec.els.length) continue;
+      sizeAct(rec, y0 + 2 * H.arrow, `${rec.method || "?"} … running`, true);   // past the chunk's end
+      const copy = rec.els[0].cloneNode(true);
+      rec.els.push(copy);
+      ch.acts.appendChild(copy);
+    }
+    return ch;
+  }
+  function sizeChunk(ch) {
+    const h = Math.max(ch.y1 - ch.y0, 1), w = width();
+    if (ch.h === h && ch.w === w) return;
+    ch.h = h; ch.w = w;
+    ch.svg.setAttribute("height", String(h));
+    ch.svg.setAttribute("width", String(w));
+    ch.div.style.height = `${h}px`;
+    ch.div.style.width = `${w}px`;
+  }
+  function drawLifelines(ch) {      // down to far below the chunk: its <svg> clips them
+    let html = "";
+    for (const k of st.cols) {
+      const x = colX(k);
+      html += `<line class="lifeline${isFixed(k) ? " fixed" : ""}" x1="${x}" y1="${ch.y0}" x2="${x}" y2="${ch.y0 + 1e6}"/>`;
+    }
+    ch.lifelines.innerHTML = html;
+  }
+
   function appendRows(events) {
     if (!events.length) return;
     if (events.length > MAX_DRAWN) {       // more than fits arrived in one frame: the oldest are never drawn
       st.dropped += events.length - MAX_DRAWN;
       events = events.slice(-MAX_DRAWN);
     }
+    let ch = st.chunks[st.chunks.length - 1];
     let html = "", marks = "";
-    const made = [], marked = [];
+    const flush = () => {
+      if (html) ch.rows.insertAdjacentHTML("beforeend", html);
+      if (marks) ch.marks.insertAdjacentHTML("beforeend", marks);
+      for (const g of pendingActs) ch.acts.appendChild(g);
+      pendingActs.length = 0;
+      html = ""; marks = "";
+      sizeChunk(ch);
+    };
     for (const ev of events) {
+      if (!ch || ch.n >= CHUNK_ROWS) { if (ch) flush(); ch = newChunk(); }
       const r = renderRow(ev);
-      const rec = { seq: ev.seq, y: st.bottom, h: r.h, el: null, markEl: null };
-      made.push(rec);
-      if (r.marks) { marks += r.marks; marked.push(rec); }
-      st.bottom += r.h;
+      if (r.heartbeats) st.hbDrawn.push({ ev, top: st.bottom, ch });
+      st.rows.push({ seq: ev.seq, y: st.bottom, h: r.h });
+      if (r.marks) marks += r.marks;
       html += r.html;
+      st.bottom += r.h;
+      ch.n++;
+      ch.y1 = st.bottom;
     }
-    ui.rows.insertAdjacentHTML("beforeend", html);
-    // the new <g>s are the last made.length children (and the last marked.length of the marks layer)
-    let el = ui.rows.lastElementChild;
-    for (let i = made.length - 1; i >= 0 && el; i--, el = el.previousElementSibling) made[i].el = el;
-    if (marks) {
-      ui.marks.insertAdjacentHTML("beforeend", marks);
-      el = ui.marks.lastElementChild;
-      for (let i = marked.length - 1; i >= 0 && el; i--, el = el.previousElementSibling) marked[i].markEl = el;
-    }
-    for (const r of made) st.rows.push(r);
-    for (const g of pendingActs) ui.acts.appendChild(g);
-    pendingActs.length = 0;
+    flush();
   }
-  const pendingActs = [];     // activations made while rendering rows, added to the SVG with them
+  const pendingActs = [];     // activations made while rendering rows, added to the chunk with them
 
   function fullRender() {
     st.full = false;
+    st.relayout = false;
+    st.lastFull = performance.now();
     const shown = [];
     let hidden = 0;             // visible events older than the last MAX_DRAWN: not drawn
     for (let i = st.all.length - 1; i >= 0; i--) {
@@ -486,45 +602,31 @@
     shown.reverse();
     st.dropped = hidden;
     layoutColumns(shown);
-    ui.rows.textContent = "";
-    ui.acts.textContent = "";
-    ui.marks.textContent = "";
+    ui.slide.textContent = "";
+    st.chunks = [];
+    st.hbDrawn = [];
     st.rows = [];
     st.calls = new Map();
     st.openActs = new Set();
     st.bottom = 0;
     st.top = 0;
+    st.width = 0;             // the next frame sizes the heads and the diagram
     appendRows(shown);
   }
 
   // Keep the DOM bounded: drop the oldest rows (and finished activations above them) from the SVG. Returns
   // how many pixels of rows went.
   function trim() {
-    const extra = st.rows.length - MAX_DRAWN;
-    if (extra <= 0) return 0;
     const oldTop = st.top;
-    const gone = st.rows.splice(0, extra);
-    for (const r of gone) {
-      if (r.el) r.el.remove();
-      if (r.markEl) r.markEl.remove();
+    while (st.chunks.length > 1 && st.rows.length - st.chunks[0].n >= MAX_DRAWN) {
+      const ch = st.chunks.shift();
+      ch.div.remove();
+      st.rows.splice(0, ch.n);
+      st.dropped += ch.n;
+      for (const rec of st.openActs) if (rec.els) rec.els = rec.els.filter((el) => el.isConnected);
     }
-    st.dropped += extra;
-    st.top = st.rows.length ? st.rows[0].y : st.bottom;
-    for (const g of Array.from(ui.acts.children)) {
-      const r = g.firstChild;
-      if (!g.classList.contains("open") && Number(r.getAttribute("y")) + Number(r.getAttribute("height")) < st.top) g.remove();
-    }
+    st.top = st.chunks.length ? st.chunks[0].y0 : st.bottom;
     return st.top - oldTop;     // pixels no longer drawn above
-  }
-
-  function drawLifelines() {
-    const y0 = st.top - 10, y1 = st.bottom + 20;
-    let html = "";
-    for (const k of st.cols) {
-      const x = colX(k);
-      html += `<line class="lifeline${isFixed(k) ? " fixed" : ""}" x1="${x}" y1="${y0}" x2="${x}" y2="${y1}"/>`;
-    }
-    ui.lifelines.innerHTML = html;
   }
 
   function scrollToEnd() {
@@ -569,8 +671,8 @@
     const ev = st.byUid.get(uid);
     if (!ev) return;
     st.selected = uid;
-    for (const el of ui.svg.querySelectorAll(".sel")) el.classList.remove("sel");
-    for (const el of ui.svg.querySelectorAll(`[data-uid="${uid}"]`)) el.classList.add("sel");
+    for (const el of ui.diagram.querySelectorAll(".sel")) el.classList.remove("sel");
+    for (const el of ui.diagram.querySelectorAll(`[data-uid="${uid}"]`)) el.classList.add("sel");
     const who = ev.instance || (ev.blob ? ev.src : "") || "";
     ui.detailTitle.textContent = [ev.kind, ev.method || (ev.blob && ev.blob.method), who, ev.seq > 0 ? "#" + ev.seq : ""]
       .filter(Boolean).join(" · ");
@@ -594,13 +696,13 @@
   }
   function closeDetail() {
     st.selected = null;
-    for (const el of ui.svg.querySelectorAll(".sel")) el.classList.remove("sel");
+    for (const el of ui.diagram.querySelectorAll(".sel")) el.classList.remove("sel");
     ui.detailTitle.textContent = "";
     ui.detailJson.textContent = "";
     ui.detailCall.textContent = "";
     ui.detail.classList.add("closed");
   }
-  ui.svg.addEventListener("click", (e) => {
+  ui.diagram.addEventListener("click", (e) => {
     const el = e.target.closest("[data-uid]");
     if (el) select(Number(el.getAttribute("data-uid")));
   });

@@ -198,7 +198,7 @@ async def test_routes_serve_only_the_pages_files_behind_basic_auth() -> None:
             async with http.get(f"{base}/watch/ui") as r:
                 assert r.status == 401
             auth = {"Authorization": AUTH}
-            for path, ctype, needle in (("/watch/ui", "text/html", "<svg id=\"diagram\""),
+            for path, ctype, needle in (("/watch/ui", "text/html", "id=\"diagram\""),
                                         ("/watch/ui/", "text/html", "app.js"),
                                         ("/watch/ui/index.html", "text/html", "app.css"),
                                         ("/watch/ui/app.js", "text/javascript", "EventSource"),
@@ -254,7 +254,7 @@ def test_arrows_appear_in_order_and_a_click_shows_the_json(browser: Any, directo
     blob = rows(browser, instance="redis/0", kind="blob")
     assert len(blob) == 1 and blob[0]["method"] == "GET" and "5e1d6b0a-1c0…" in blob[0]["text"] and "2.2 MiB" in blob[0]["text"]
     assert rows(browser, kind="heartbeats")
-    dots = browser.execute_script("return Array.from(document.querySelectorAll('#marks circle.hb')).map(c => c.getAttribute('class'))")
+    dots = browser.execute_script("return Array.from(document.querySelectorAll('#diagram .marks circle.hb')).map(c => c.getAttribute('class'))")
     assert dots == ["hb ok changed", "hb ok"], dots        # redis/0 (its state changed), redis/1: above the bars
 
     # click the apply reply: its full JSON in #detail
@@ -358,9 +358,10 @@ def test_replay_a_recorded_session_at_speed_instant(browser: Any, director: Fake
     assert director.watch_requests
 
 
-def test_fifty_vms_keep_the_dom_bounded_and_the_page_responsive(browser: Any, director: FakeDirector) -> None:
-    """A 50-VM deploy's worth of events (3,000) at once: at most 2,000 rows drawn, a note for the rest, and
-    the page answers a script within a frame or two."""
+def test_fifty_vms_keep_the_dom_bounded(browser: Any, director: FakeDirector) -> None:
+    """A 50-VM deploy's worth of events (3,000) at once: at most 2,000 rows drawn (plus the newest chunk's
+    100), a note for the rest, every lifeline, and a filter still drawing from all kept events. How smooth the
+    page stays is measured by bench/watch_page.py against an idle page, not timed here."""
     from selenium.webdriver.support.ui import Select
     open_page(browser, director)
     wait_for("the stream to connect", lambda: status(browser) == "connected", timeout=10)
@@ -371,30 +372,25 @@ def test_fifty_vms_keep_the_dom_bounded_and_the_page_responsive(browser: Any, di
             script = redeploy_script(seq=seq, ts=T0 + rnd * 10 + i * 0.01, instance=f"redis/{i}")
             evs += script
             seq += len(script)
-    t0 = time.monotonic()
     director.publish(*evs)
     try:
         wait_for("all events received and drawn", lambda: (x := stats(browser))["total"] == len(evs)
-                 and x["dropped"] == len(evs) - 2000, timeout=60)
+                 and x["drawn"] + x["dropped"] == len(evs), timeout=60)
     except AssertionError as e:
         raise AssertionError(f"{e}: {stats(browser)}") from None
-    took = time.monotonic() - t0
     s = stats(browser)
-    assert s["drawn"] == 2000, s
+    assert 2000 <= s["drawn"] <= 2100, s
     assert len(s["columns"]) == 53, s["columns"][:6]
     assert browser.find_element("id", "dropnote").is_displayed()
-    assert len(browser.find_elements("css selector", "#rows > g")) == 2000
-    # responsiveness: a round trip through the page's event loop
-    t1 = time.monotonic()
-    browser.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
-    frame = time.monotonic() - t1
+    drawn = browser.find_elements("css selector", "#diagram .rows > g")
+    assert len(drawn) == s["drawn"]
+    seqs = [int(g.get_attribute("data-seq")) for g in drawn]
+    assert seqs == sorted(seqs) and seqs[-1] == evs[-1]["seq"], "the newest rows, in order"
     screenshot(browser, "watch-ui-50vms.png")
-    t2 = time.monotonic()
     Select(browser.find_element("id", "f-instance")).select_by_value("redis/7")
     wait_for("the filter", lambda: {r["instance"] for r in rows(browser, kind="request")} == {"redis/7"})
-    refilter = time.monotonic() - t2
-    print(f"{len(evs)} events for 50 VMs drawn in {took:.2f}s; two frames {frame * 1000:.0f} ms; re-filter {refilter:.2f}s")
-    assert frame < 1.0 and refilter < 5
+    assert len(rows(browser, kind="request")) == 5 * sum(1 for e in redeploy_script(seq=1, ts=T0, instance="redis/7")
+                                                         if e["kind"] == "request")
 
 
 def test_a_restarted_directors_events_are_drawn_with_a_note(browser: Any, director: FakeDirector) -> None:
