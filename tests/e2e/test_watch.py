@@ -47,6 +47,17 @@ def stop(p: subprocess.Popen[bytes]) -> str:
     return err.decode()
 
 
+def _complete(out: Path) -> bool:
+    events = []
+    for line in out.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass                                     # the line being written
+    return (any(e["kind"] == "reply" and e.get("method") == "start" for e in events)
+            and any(e["kind"] == "blob" and e.get("src") == "redis/0" for e in events))
+
+
 @pytest.fixture(scope="module")
 def recorded(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
     task = lab.deploy(manifest(7001, "first"))
@@ -57,7 +68,13 @@ def recorded(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
     try:
         task = lab.deploy(manifest(7002, "second"))
         assert task["state"] == "done", task
-        time.sleep(1.0)                              # the last replies and blob lines reach the reader
+        # The last replies, and the blob lines (the director tails nginx's log), reach the reader soon after the
+        # task ends; on a loaded machine later. Wait for the start's reply and a blob GET by redis/0 (or give up
+        # after a deadline and let the tests below say what is missing).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _complete(out):
+            time.sleep(0.5)
+        time.sleep(0.5)
     finally:
         err = stop(p)
     lines = out.read_text().splitlines()
