@@ -2,7 +2,7 @@
 // Plain JS, no framework, nothing loaded from elsewhere. DOM work is batched once per animation frame and the
 // SVG keeps at most MAX_DRAWN rows, so a deploy of 50 VMs stays responsive.
 // The rows are drawn in chunks of CHUNK_ROWS, each chunk an <svg> of its own: a frame adds rows to the last
-// chunk only, so the browser lays out and paints ~100 rows, not the 2,000 drawn (one SVG of 2,000 rows with 50
+// chunk only, so the browser lays out and paints ~25 rows, not the 2,000 drawn (one SVG of 2,000 rows with 50
 // lifelines took 0.2-0.5 s per frame to lay out and paint). Rows keep the y they were drawn at; the chunks sit in
 // a slide moved up by CSS when old chunks are dropped (a whole chunk at a time); far down the page (REBASE px)
 // everything is drawn again from y = 0.
@@ -10,7 +10,7 @@
 (function () {
   const MAX_DRAWN = 2000;       // rows in the SVG; older ones are dropped from it (kept in memory for filters)
   const MAX_KEPT = 20000;       // events kept in memory
-  const CHUNK_ROWS = 100;       // rows per <svg> chunk
+  const CHUNK_ROWS = 25;        // rows per <svg> chunk
   const SVGNS = "http://www.w3.org/2000/svg";
   const FULL_GAP = 500;         // ms: a new lifeline that does not sort last redraws everything, at most this often
   const REBASE = 4000000;       // px: below this, draw again from 0 (browsers lay out at most ~16-33 M px)

@@ -360,7 +360,7 @@ def test_replay_a_recorded_session_at_speed_instant(browser: Any, director: Fake
 
 def test_fifty_vms_keep_the_dom_bounded(browser: Any, director: FakeDirector) -> None:
     """A 50-VM deploy's worth of events (3,000) at once: at most 2,000 rows drawn (plus the newest chunk's
-    100), a note for the rest, every lifeline, and a filter still drawing from all kept events. How smooth the
+    25), a note for the rest, every lifeline, and a filter still drawing from all kept events. How smooth the
     page stays is measured by bench/watch_page.py against an idle page, not timed here."""
     from selenium.webdriver.support.ui import Select
     open_page(browser, director)
@@ -379,7 +379,7 @@ def test_fifty_vms_keep_the_dom_bounded(browser: Any, director: FakeDirector) ->
     except AssertionError as e:
         raise AssertionError(f"{e}: {stats(browser)}") from None
     s = stats(browser)
-    assert 2000 <= s["drawn"] <= 2100, s
+    assert 2000 <= s["drawn"] < 2025, s
     assert len(s["columns"]) == 53, s["columns"][:6]
     assert browser.find_element("id", "dropnote").is_displayed()
     drawn = browser.find_elements("css selector", "#diagram .rows > g")
