@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from boshlab.release import ReleaseError, create_release
+from boshlab.release import ReleaseError, build_release, create_release
 
 from .client import ACTIVE_TASK_STATES, DirectorClient
 from .errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, CLIError
@@ -30,7 +30,8 @@ async def cmd_upload_release(d: DirectorClient, args: argparse.Namespace) -> int
     if path.is_dir():
         tmp = Path(tempfile.mkstemp(suffix=".tgz")[1])
         try:
-            await asyncio.to_thread(create_release, path, tmp, blob_dirs=args.blobs or [], version=args.version)
+            await asyncio.to_thread(create_release, path, tmp, blob_dirs=args.blobs or [], version=args.version,
+                                    name=args.name)
         except ReleaseError as e:
             raise CLIError(str(e), EXIT_USAGE) from None
         path = tmp
@@ -45,14 +46,31 @@ async def cmd_upload_release(d: DirectorClient, args: argparse.Namespace) -> int
 
 
 async def cmd_create_release(d: DirectorClient | None, args: argparse.Namespace) -> int:
+    """Build a release tarball from a release tree (no director needed). stdout: the tarball's path, or with
+    --json the release.MF summary; stderr: the jobs and packages."""
     try:
-        m = await asyncio.to_thread(create_release, args.dir, args.tarball, blob_dirs=args.blobs or [], version=args.version)
+        built = await asyncio.to_thread(build_release, args.dir, args.tarball, blob_dirs=args.blobs or [],
+                                        version=args.version, name=args.name, force=args.force, final=args.final,
+                                        style=args.style)
     except ReleaseError as e:
         raise CLIError(str(e), EXIT_USAGE) from None
+    m = built.manifest
     if args.json:
-        print(json.dumps({"name": m.name, "version": m.version, "tarball": args.tarball}))
-    else:
-        print(args.tarball)
+        return out_json({
+            "name": m.name, "version": m.version, "commit_hash": m.commit_hash,
+            "uncommitted_changes": m.uncommitted_changes, "tarball": str(built.tarball),
+            "jobs": [j.to_dict(False) for j in m.jobs], "packages": [p.to_dict(True) for p in m.packages],
+            "license": {"version": m.license.version, "fingerprint": m.license.fingerprint,
+                        "sha1": m.license.sha1} if m.license else None,
+        })
+    print(f"Name         {m.name}\nVersion      {m.version}\nCommit Hash  {m.commit_hash}"
+          f"{'+' if m.uncommitted_changes else ''}\n", file=sys.stderr)
+    cols = [("name", "Name"), ("version", "Version"), ("sha1", "SHA1")]
+    print(table([j.to_dict(False) for j in m.jobs], [("name", "Job"), *cols[1:]]), file=sys.stderr)
+    print(file=sys.stderr)
+    print(table([p.to_dict(True) for p in m.packages], [("name", "Package"), *cols[1:]]), file=sys.stderr)
+    print(f"\n{len(m.jobs)} jobs, {len(m.packages)} packages{', a license' if m.license else ''}", file=sys.stderr)
+    print(built.tarball)
     return EXIT_OK
 
 

@@ -64,11 +64,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("path")
     s.add_argument("--blobs", action="append", help="directory with package blobs (for a release directory)")
     s.add_argument("--version", default="1", help="version of a release made from a directory")
-    s = add("create-release", "build a release tarball from a release directory")
-    s.add_argument("dir")
-    s.add_argument("--tarball", required=True)
-    s.add_argument("--version", default="1")
-    s.add_argument("--blobs", action="append")
+    s.add_argument("--name", help="name of a release made from a directory (default: from config/final.yml)")
+    s = add("create-release", "build a release tarball from a release directory, as bosh create-release does")
+    s.add_argument("dir", nargs="?", default=".", help="the release directory (default: .)")
+    s.add_argument("--tarball", help="where to write the tarball; ((version)) is replaced (default: "
+                   "dev_releases/NAME/NAME-VERSION.tgz, or releases/... with --final)")
+    s.add_argument("--version", default=None, help="the release's version (default: the next 0+dev.N, or the next "
+                   "final version with --final, from dev_releases/NAME/index.yml and releases/NAME/index.yml)")
+    s.add_argument("--name", help="the release's name (default: config/final.yml final_name or name, "
+                   "else config/dev.yml dev_name)")
+    s.add_argument("--force", action="store_true", help="build even when the git repository has uncommitted changes")
+    s.add_argument("--final", action="store_true", help="a final release, recorded in releases/NAME/index.yml")
+    s.add_argument("--blobs", action="append", help="another directory package files are looked up in")
+    s.add_argument("--style", choices=["bosh", "lab"], default="bosh",
+                   help="bosh (default): jobs and packages versioned by fingerprint, the build recorded in the "
+                   "tree's index, as the bosh CLI; lab: they carry the release version (the deck's 2013 style), "
+                   "nothing written into the tree")
     add("releases", "list releases")
     s = add("delete-release", "delete a release (NAME) or one version (NAME/VERSION)")
     s.add_argument("release")
