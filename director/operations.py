@@ -362,7 +362,7 @@ class Operations:
             out.append({"instance": instance_path(r.group, r.id), "group": r.group, "index": r.index, "id": r.id,
                         "agent_id": r.agent_id, "vm_cid": r.vm_cid, "vm_name": r.vm_name, "ips": r.ips(),
                         "process_state": self.health.state_of(r, now), "state": r.state,
-                        "configuration_hash": r.apply_spec.get("configuration_hash") if r.apply_spec else None,
+                        "configuration_hash": r.configuration_hash,
                         "vitals": hb.payload.get("vitals") if hb else None,
                         "last_heartbeat": hb.at if hb else None, "vm_created_at": r.vm_created_at})
         if full:

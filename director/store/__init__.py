@@ -44,6 +44,11 @@ class Store:
         self.disks = Disks(self.db)
         self.faults = FaultRecords(self.db)
 
+    @property
+    def changes(self) -> int:
+        """How many writes this director made to the store (it moves on every write)."""
+        return self.db.changes
+
     async def open(self) -> None:
         await self.db.open()
 

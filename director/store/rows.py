@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from functools import partial
+from typing import Any, Generic, TypeVar, overload
 
 from boshlab.contracts import ApplySpec, BlobRef
 
@@ -17,6 +19,53 @@ def _json(raw: Any, default: Any) -> Any:
         return json.loads(raw)
     except (TypeError, ValueError):
         return default
+
+
+T = TypeVar("T")
+
+
+class Deferred:
+    """A column's text, turned into its value on the first read (``LazyField``)."""
+    __slots__ = ("load",)
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self.load = load
+
+
+def lazy_slot(name: str) -> str:
+    """Where a LazyField keeps its value (or its Deferred) in the instance's ``__dict__``."""
+    return "_lazy_" + name
+
+
+class LazyField(Generic[T]):
+    """A dataclass field whose value may be given as a :class:`Deferred`: the JSON of a large column (an
+    instance's apply spec) is parsed only when someone reads it. A listing of 1,000 instances, the health
+    monitor's look at every instance and the watch's names read none of them. Set through ``__init__`` or
+    ``object.__setattr__`` only (the rows are frozen)."""
+
+    def __init__(self, default: T) -> None:
+        self.default = default
+        self.slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = lazy_slot(name)
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> T: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> T:
+        if obj is None:
+            return self.default                  # the dataclass's default
+        value = obj.__dict__.get(self.slot, self.default)
+        if isinstance(value, Deferred):
+            value = value.load()
+            obj.__dict__[self.slot] = value
+        return value  # type: ignore[no-any-return]
+
+    def __set__(self, obj: object, value: T) -> None:
+        obj.__dict__[self.slot] = value
 
 
 @dataclass(frozen=True)
@@ -98,6 +147,15 @@ class NetworkAddress:
     range: str
 
 
+def parse_networks(text: str) -> dict[str, NetworkAddress]:
+    """The ``networks`` column: ``{"<manifest network>": {"ip", "range"}}``."""
+    nets: dict[str, NetworkAddress] = {}
+    for name, n in dict(_json(text, {})).items():
+        if isinstance(n, dict) and n.get("ip"):
+            nets[str(name)] = NetworkAddress(str(n["ip"]), str(n.get("range", "")))
+    return nets
+
+
 @dataclass(frozen=True)
 class InstanceRow:
     id: str
@@ -108,21 +166,53 @@ class InstanceRow:
     vm_cid: str | None = None
     vm_name: str | None = None
     ip: str | None = None
-    apply_spec: ApplySpec | None = None
+    # Parsed on first read (the store hands it over as a Deferred). Rows are values: never change it in place,
+    # the store may give the same parsed spec to later reads of the same row.
+    apply_spec: LazyField[ApplySpec | None] = LazyField(None)
     state: str = "started"
     networks: dict[str, NetworkAddress] = field(default_factory=dict)
     dirty: bool = False
     vm_created_at: float | None = None
 
     @classmethod
-    def of(cls, r: dict[str, Any]) -> InstanceRow:
-        nets: dict[str, NetworkAddress] = {}
-        for name, n in dict(_json(r.get("networks"), {})).items():
-            if isinstance(n, dict) and n.get("ip"):
-                nets[str(name)] = NetworkAddress(str(n["ip"]), str(n.get("range", "")))
-        return cls(r["id"], r["deployment"], r["group_name"], int(r["idx"]), r["agent_id"], r["vm_cid"], r["vm_name"],
-                   r["ip"], _json(r["apply_spec"], None), r["state"] or "started", nets, bool(r.get("dirty")),
-                   r.get("vm_created_at"))
+    def of(cls, r: dict[str, Any], spec: Callable[[str, str], ApplySpec | None] | None = None,
+           networks: Callable[[str], dict[str, NetworkAddress]] = parse_networks) -> InstanceRow:
+        """The row from its columns; the apply spec is parsed when first read (by ``spec(id, text)`` if given:
+        the repository's cache of parsed specs), the networks by ``networks(text)``."""
+        return cls.build((r["id"], r["deployment"], r["group_name"], r["idx"], r["agent_id"], r["vm_cid"],
+                          r["vm_name"], r["ip"], r.get("apply_spec"), r["state"], r.get("networks"), r.get("dirty"),
+                          r.get("vm_created_at"), r.get("configuration_hash")), spec, networks)
+
+    @classmethod
+    def build(cls, v: tuple[Any, ...], spec: Callable[[str, str], ApplySpec | None] | None = None,
+              networks: Callable[[str], dict[str, NetworkAddress]] = parse_networks) -> InstanceRow:
+        """The row from the values of ``COLUMNS``, in that order. Built without the frozen ``__init__`` (a
+        setattr per field): listings and the health monitor make thousands of these."""
+        (instance_id, deployment, group, index, agent_id, vm_cid, vm_name, ip, text, state, raw_nets, dirty,
+         created, config_hash) = v
+        lazy: Any = None
+        if text:
+            lazy = Deferred(partial(spec, instance_id, text) if spec is not None else partial(_json, text, None))
+        row = object.__new__(cls)
+        row.__dict__.update({
+            "id": instance_id, "deployment": deployment, "group": group, "index": int(index), "agent_id": agent_id,
+            "vm_cid": vm_cid, "vm_name": vm_name, "ip": ip, SPEC_SLOT: lazy, "state": state or "started",
+            "networks": networks(raw_nets) if raw_nets and raw_nets != "{}" else {}, "dirty": bool(dirty),
+            "vm_created_at": created})
+        if text and config_hash is not None:
+            row.__dict__[HASH_SLOT] = config_hash       # from its own column: no need to parse the spec for it
+        return row
+
+    @property
+    def configuration_hash(self) -> str | None:
+        """The apply spec's ``configuration_hash``, read from its own column when the row came from the store
+        (listings show it for every instance: no spec parsed for it), else from the spec."""
+        kept = self.__dict__.get(HASH_SLOT)
+        if kept is not None:
+            return str(kept)
+        spec = self.apply_spec
+        h = spec.get("configuration_hash") if spec else None
+        return h if isinstance(h, str) else None
 
     @property
     def label(self) -> str:
@@ -138,6 +228,15 @@ class InstanceRow:
             if n.ip not in out:
                 out.append(n.ip)
         return out
+
+
+SPEC_SLOT = lazy_slot("apply_spec")
+# The instances table's columns InstanceRow.build takes, in its order.
+COLUMNS = ("id", "deployment", "group_name", "idx", "agent_id", "vm_cid", "vm_name", "ip", "apply_spec", "state",
+           "networks", "dirty", "vm_created_at", "configuration_hash")
+HASH_SLOT = "_configuration_hash"     # not a field: rows built by hand read it from their spec
+# InstanceRow.of fills __dict__ itself: it must name every field (a field added later must be added there).
+INSTANCE_FIELDS = tuple(f.name for f in fields(InstanceRow))
 
 
 @dataclass(frozen=True)

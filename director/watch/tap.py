@@ -25,6 +25,7 @@ CONNECT_DEADLINE = 10.0     # seconds one connection attempt may take
 RETRY = 2.0                 # seconds between attempts
 LOOKUP_DEADLINE = 2.0       # seconds a message may wait for the names to be read from the store
 PENDING_BYTES = 64 << 20    # what nats-py may buffer for the subscription before it drops (slow consumer)
+HEARTBEAT = "hm.agent.heartbeat."
 
 
 def agent_of(subject: str) -> str | None:
@@ -129,13 +130,16 @@ class Tap:
         self.messages += 1
         ts = time.time()
         try:
-            agent_id = agent_of(msg.subject)
+            subject = msg.subject
+            # Heartbeats (every agent, every 30 s: the bulk of the traffic of a large fleet) never wait for the
+            # store: the summary names them from the next tick's read. Requests and replies of a new VM do.
+            agent_id = None if subject.startswith(HEARTBEAT) else agent_of(subject)
             if agent_id and self.directory is not None and not self.directory.known(agent_id):
                 try:
                     await asyncio.wait_for(self.directory.ensure(agent_id), LOOKUP_DEADLINE)
                 except TimeoutError:
                     pass
-            for ev in self.correlator.feed(msg.subject, msg.data, ts):
+            for ev in self.correlator.feed(subject, msg.data, ts):
                 self.hub.publish(ev)
         except Exception as e:   # noqa: BLE001 - one message must not stop the tap
             log.warning("watch: %s: %s", msg.subject[:100], e)
