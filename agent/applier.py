@@ -20,27 +20,37 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from boshlab import erb
-from boshlab.dav import BlobstoreError, DavClient
-from boshlab.properties import merge_properties
-from boshlab.release import JobTarball, ReleaseError
-from boshlab.tarball import UnsafeTarball, safe_extract
+from typing import TYPE_CHECKING, Any
 
 from .jobsupervisor import JobSupervisor
 from .log import log
 from .paths import Paths, replace_symlink
 from .spec import ApplySpec, BlobRef, SpecError, check_blob_ref, check_name, job_templates, packages
 
+# What an apply needs (blobs: aiohttp; job.MF: yaml; tarballs; ERB) is imported by the first apply, not at
+# boot: the agent answers ping sooner and a VM that is never applied never loads it.
+if TYPE_CHECKING:
+    from boshlab import erb
+    from boshlab.dav import DavClient
+    from boshlab.release import JobTarball
+
 MONIT_KEY = "monit"  # the monit file's name among a job's templates when rendering
 
-Renderer = Callable[[list[erb.JobTemplates], dict[str, Any]], Any]
-BlobstoreFactory = Callable[[], DavClient]
+Renderer = Callable[[list["erb.JobTemplates"], dict[str, Any]], Any]
+BlobstoreFactory = Callable[[], "DavClient"]
 
 
 class ApplyError(Exception):
     pass
+
+
+def load_apply_modules() -> None:
+    """Import what an apply uses (in a thread: the first apply must not hold up the event loop)."""
+    import boshlab.dav
+    import boshlab.erb
+    import boshlab.properties
+    import boshlab.release
+    import boshlab.tarball  # noqa: F401
 
 
 def bundle_hash(ref: BlobRef) -> str:
@@ -62,16 +72,24 @@ class StagedJob:
 
 class Applier:
     def __init__(self, paths: Paths, blobstore: BlobstoreFactory, supervisor: JobSupervisor,
-                 renderer: Renderer = erb.render) -> None:
+                 renderer: Renderer | None = None) -> None:
         self.paths = paths
         self.blobstore = blobstore
         self.supervisor = supervisor
-        self.renderer = renderer
+        self._renderer = renderer
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            from boshlab import erb
+            self._renderer = erb.render
+        return self._renderer
 
     # --- blobs ---------------------------------------------------------------------------------------
 
     async def download(self, dav: DavClient, ref: BlobRef, dest: Path, what: str) -> None:
         blob_id, sha1 = str(ref["blobstore_id"]), str(ref["sha1"])
+        from boshlab.dav import BlobstoreError
         log.info("Downloading %s: blob %s", what, blob_id)
         try:
             await dav.get_file(blob_id, dest, sha1)
@@ -80,6 +98,7 @@ class Applier:
         log.debug("Blob %s sha1 %s ok", blob_id, sha1)
 
     async def extract(self, archive: Path, dest: Path, what: str) -> None:
+        from boshlab.tarball import UnsafeTarball, safe_extract
         try:
             await asyncio.to_thread(safe_extract, archive, dest)
         except (UnsafeTarball, OSError, ValueError) as e:
@@ -122,6 +141,7 @@ class Applier:
         name = str(ref["name"])
         archive = staging / f"job-{name}.tgz"
         await self.download(dav, ref, archive, f"job '{name}'")
+        from boshlab.release import JobTarball, ReleaseError
         try:
             job = await asyncio.to_thread(JobTarball.read_file, archive, f"job '{name}' blob")
         except ReleaseError as e:
@@ -147,6 +167,8 @@ class Applier:
 
     async def render(self, name: str, job: JobTarball, spec: ApplySpec) -> dict[str, str]:
         """Every job.MF template and the monit file, with job.MF defaults under the spec's properties."""
+        from boshlab import erb
+        from boshlab.properties import merge_properties
         props = merge_properties(job.spec.properties, spec.get("properties"))
         context: dict[str, Any] = {**spec, "properties": props}
         for src, dest in job.spec.templates.items():
@@ -187,6 +209,7 @@ class Applier:
             pkgs = {check_name(n, "package"): check_blob_ref(r, f"package '{n}'") for n, r in packages(spec).items()}
         except SpecError as e:
             raise ApplyError(f"apply spec: {e}") from None
+        await asyncio.to_thread(load_apply_modules)
         log.info("Applying deployment '%s', job '%s' (%s), packages %s", spec.get("deployment"),
                  spec.get("job", {}).get("name"), ", ".join(str(j["name"]) for j in jobs) or "none",
                  ", ".join(sorted(pkgs)) or "none")

@@ -15,44 +15,87 @@ Nothing here raises: a bad message can never end the subscription.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from boshlab import wire
 
-from .action.apply import Apply
 from .action.base import JSON_TYPES, Action, ActionError, Services, json_type
-from .action.cancel_task import CancelTask
-from .action.compile_package import CompilePackage
-from .action.drain import Drain
-from .action.fetch_logs import FetchLogs
-from .action.get_state import GetState
-from .action.get_task import GetTask
-from .action.info import Info
-from .action.list_disk import ListDisk
-from .action.migrate_disk import MigrateDisk
-from .action.mount_disk import MountDisk
-from .action.ping import Ping
-from .action.prepare_network_change import PrepareNetworkChange
-from .action.ssh import Ssh
-from .action.start import Start
-from .action.stop import Stop
-from .action.unmount_disk import UnmountDisk
 from .log import log, ruby_inspect
 from .tasks import TaskManager, TooManyTasks, describe
 
 # The deck's fourteen (slide 10: migrate_disk, list_disk, mount_disk, unmount_disk, state, drain, apply,
-# compile_package, fetch_logs, ssh, ping, start, stop, prepare_network_change), plus task control and info.
-ACTIONS: tuple[type[Action], ...] = (
-    MigrateDisk, ListDisk, MountDisk, UnmountDisk, GetState, Drain, Apply, CompilePackage, FetchLogs, Ssh,
-    Ping, Start, Stop, PrepareNetworkChange,
-    GetTask, CancelTask, Info,
+# compile_package, fetch_logs, ssh, ping, start, stop, prepare_network_change), plus task control and info:
+# (message, aliases, module in agent.action, class). A module is imported when its message first comes, so
+# the agent's start-up does not pay for what most VMs never run (compile_package and fetch_logs bring the
+# blobstore client, aiohttp, tarfile and gzip).
+ACTION_TABLE: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("migrate_disk", (), "migrate_disk", "MigrateDisk"), ("list_disk", (), "list_disk", "ListDisk"),
+    ("mount_disk", (), "mount_disk", "MountDisk"), ("unmount_disk", (), "unmount_disk", "UnmountDisk"),
+    ("get_state", ("state",), "get_state", "GetState"), ("drain", (), "drain", "Drain"),
+    ("apply", (), "apply", "Apply"), ("compile_package", (), "compile_package", "CompilePackage"),
+    ("fetch_logs", (), "fetch_logs", "FetchLogs"), ("ssh", (), "ssh", "Ssh"), ("ping", (), "ping", "Ping"),
+    ("start", (), "start", "Start"), ("stop", (), "stop", "Stop"),
+    ("prepare_network_change", (), "prepare_network_change", "PrepareNetworkChange"),
+    ("get_task", (), "get_task", "GetTask"), ("cancel_task", (), "cancel_task", "CancelTask"),
+    ("info", (), "info", "Info"),
 )
 
 Reply = Callable[[str, bytes], Awaitable[None]]
 
 
-def build_registry(services: Services, actions: tuple[type[Action], ...] = ACTIONS) -> dict[str, Action]:
+def action_class(module: str, name: str) -> type[Action]:
+    cls: type[Action] = getattr(importlib.import_module(f"{__package__}.action.{module}"), name)
+    return cls
+
+
+def __getattr__(name: str) -> tuple[type[Action], ...]:
+    """``ACTIONS``: every action class, in the table's order (importing them all: tests and tools)."""
+    if name == "ACTIONS":
+        return tuple(action_class(module, cls) for _, _, module, cls in ACTION_TABLE)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class ActionRegistry(Mapping[str, Action]):
+    """Message name -> action, each action made (its module imported) when its message first comes."""
+
+    def __init__(self, services: Services,
+                 table: tuple[tuple[str, tuple[str, ...], str, str], ...] = ACTION_TABLE) -> None:
+        self.services = services
+        self._where = {n: (module, cls) for name, aliases, module, cls in table for n in (name, *aliases)}
+        self._made: dict[tuple[str, str], Action] = {}
+
+    def __getitem__(self, name: str) -> Action:
+        where = self._where[name]
+        action = self._made.get(where)
+        if action is None:
+            action = self._made[where] = action_class(*where)(self.services)
+        return action
+
+    async def load(self, name: str) -> Action | None:
+        """The action for ``name`` (None: no such message), its module imported in a thread the first time,
+        so the event loop keeps answering meanwhile."""
+        where = self._where.get(name)
+        if where is None:
+            return None
+        if where not in self._made:
+            cls = await asyncio.to_thread(action_class, *where)
+            self._made.setdefault(where, cls(self.services))
+        return self._made[where]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def build_registry(services: Services, actions: tuple[type[Action], ...] | None = None) -> Mapping[str, Action]:
+    """The agent's actions (made on first use), or just ``actions`` (made now: tests)."""
+    if actions is None:
+        return ActionRegistry(services)
     registry: dict[str, Action] = {}
     for cls in actions:
         action = cls(services)
@@ -133,7 +176,8 @@ class Dispatcher:
             return wire.encode_exception(str(e))
         method, args = req["method"], req["arguments"]
         log.info("Message: %s", ruby_inspect({"method": method, "arguments": args, "reply_to": req["reply_to"]}))
-        action = self.actions.get(method)
+        actions = self.actions
+        action = await actions.load(method) if isinstance(actions, ActionRegistry) else actions.get(method)
         if action is None:
             return wire.encode_exception(f"unknown message {method}")
         try:

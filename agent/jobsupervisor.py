@@ -22,12 +22,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import aiohttp
+from urllib.parse import urlencode
 
 from boshlab.contracts import ProcessState
 from boshlab.httpauth import basic_auth
 
+from . import httpclient
 from .log import log
 from .paths import Paths
 
@@ -241,31 +241,32 @@ class MonitClient:
             raise MonitUnavailable(f"cannot read monit credentials {self.paths.monit_user}: {e.strerror}") from None
         return basic_auth(user, password)
 
-    def _session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-
     async def status(self) -> MonitStatus:
         try:
-            async with self._session() as s, s.get(f"{self.url}/_status2?format=xml", headers=self._auth()) as r:
-                body = await r.read()
-                if r.status != 200:
-                    raise MonitUnavailable(f"monit status answered {r.status}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise MonitUnavailable(f"monit is not reachable at {self.url}: {e}") from None
-        return parse_status(body)
+            r = await httpclient.request("GET", f"{self.url}/_status2?format=xml", headers=self._auth(),
+                                         timeout=self.timeout)
+        except (TimeoutError, OSError) as e:
+            raise MonitUnavailable(f"monit is not reachable at {self.url}: {describe(e)}") from None
+        if r.status != 200:
+            raise MonitUnavailable(f"monit status answered {r.status}")
+        return parse_status(r.body)
 
     async def action(self, service: str, action: str) -> None:
         token = secrets.token_hex(16)
+        form = urlencode({"action": action, "securitytoken": token}).encode()
         try:
-            async with self._session() as s:
-                async with s.post(f"{self.url}/{service}", allow_redirects=False,
-                                  data={"action": action, "securitytoken": token},
-                                  headers={**self._auth(), "Cookie": f"securitytoken={token}"}) as r:
-                    if r.status not in (200, 302):
-                        text = (await r.text())[:200]
-                        raise JobSupervisorError(f"monit {action} {service} answered {r.status}: {text}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise MonitUnavailable(f"monit is not reachable at {self.url}: {e}") from None
+            r = await httpclient.request(
+                "POST", f"{self.url}/{service}", body=form, timeout=self.timeout,
+                headers={**self._auth(), "Cookie": f"securitytoken={token}",
+                         "Content-Type": "application/x-www-form-urlencoded"})
+        except (TimeoutError, OSError) as e:
+            raise MonitUnavailable(f"monit is not reachable at {self.url}: {describe(e)}") from None
+        if r.status not in (200, 302):
+            raise JobSupervisorError(f"monit {action} {service} answered {r.status}: {r.text()[:200]}")
+
+
+def describe(e: BaseException) -> str:
+    return str(e) or type(e).__name__
 
 
 class MonitJobSupervisor(JobSupervisor):

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import aiohttp
-
 from boshlab.contracts import BlobstoreSettings as BlobstoreSettings
 from boshlab.contracts import DiskSettings as DiskSettings
 from boshlab.contracts import NetworkSpec as NetworkSpec
@@ -29,6 +27,7 @@ from boshlab.contracts import Settings as Settings
 from boshlab.contracts import UserData as UserData
 from boshlab.httpauth import basic_auth, redact_url
 
+from . import httpclient
 from .log import log, ruby_inspect
 from .paths import Paths
 
@@ -109,11 +108,10 @@ def split_endpoint(endpoint: str) -> tuple[str, dict[str, str]]:
 async def fetch_from_registry(user_data: UserData, timeout: float = 10.0) -> Settings:
     base, auth = split_endpoint(user_data["registry"]["endpoint"])
     url = f"{base}/instances/{user_data['instance_id']}/settings"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.get(url, headers=auth) as resp:
-            body = await resp.text()
-            if resp.status != 200:
-                raise SettingsError(f"registry answered {resp.status} for {url}: {body[:200]}")
+    resp = await httpclient.request("GET", url, headers=auth, timeout=timeout)
+    body = resp.text()
+    if resp.status != 200:
+        raise SettingsError(f"registry answered {resp.status} for {url}: {body[:200]}")
     try:
         doc = json.loads(body)
         inner = doc["settings"]
@@ -160,7 +158,7 @@ class SettingsService:
         for attempt in range(1, tries + 1):
             try:
                 return await self.fetcher(self.user_data or self.read_user_data())
-            except (TimeoutError, aiohttp.ClientError, SettingsError, OSError) as e:
+            except (TimeoutError, SettingsError, OSError) as e:
                 last = e
                 log.warning("Fetching settings from the registry failed (attempt %d/%d): %s",
                             attempt, tries, describe_error(e))

@@ -2,6 +2,7 @@
 The real one changes the VM; unit tests use a fake with the same interface."""
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 from abc import ABC, abstractmethod
@@ -13,6 +14,8 @@ from .command import run_command
 
 HOST_PUBLIC_KEYS = (Path("/etc/ssh/ssh_host_rsa_key.pub"), Path("/etc/ssh/ssh_host_ed25519_key.pub"),
                     Path("/etc/ssh/ssh_host_ecdsa_key.pub"))
+SSHD_SERVICE = "/etc/service/sshd"
+SSHD_START_TIMEOUT = 30.0
 
 
 class UserError(Exception):
@@ -44,6 +47,10 @@ class UserAdmin(ABC):
 
     @abstractmethod
     def host_public_key(self) -> str: ...
+
+    async def ensure_sshd(self) -> None:
+        """sshd runs and has its host keys (the stemcell starts it on the first ``ssh setup``)."""
+        return None
 
 
 async def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> None:
@@ -79,6 +86,27 @@ class LinuxUsers(UserAdmin):
     async def delete(self, name: str) -> None:
         await _run("pkill", "-KILL", "-u", name, ok=(0, 1))   # 1: no process
         await _run("userdel", "-r", "-f", name, ok=(0, 12))   # 12: home could not be removed (gone already)
+
+    async def ensure_sshd(self, port: int = 22, timeout: float = SSHD_START_TIMEOUT) -> None:
+        """The stemcell's sshd is "normally down" (``/etc/service/sshd/down``): a VM nobody logs in to never
+        pays for it (its host keys, its memory). The first ``ssh setup`` starts it (``sv up``) and waits
+        until it has a host key and listens on ``port``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if os.path.isdir(SSHD_SERVICE):
+            await asyncio.wait_for(_run("sv", "up", SSHD_SERVICE), timeout)
+        while True:
+            if any(p.exists() for p in self.host_keys):
+                try:
+                    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+                except (OSError, TimeoutError):
+                    pass
+                else:
+                    writer.close()
+                    return
+            if loop.time() >= deadline:
+                raise UserError(f"sshd did not start within {timeout:g} s (see /var/log/sshd/current)")
+            await asyncio.sleep(0.05)
 
     def host_public_key(self) -> str:
         for path in self.host_keys:

@@ -12,6 +12,7 @@ some instances."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ from .store import CompiledPackages, Deployments, Disks, Instances, Registry, Re
 from .tasks import Task, TaskFailed
 from .templates import Renderer, RenderError
 from .vms import AgentEnv, VMs
+
+
+def creation_limit(max_threads: int, cpus: int | None = None) -> int:
+    """How many VMs are created and pinged at once: BOSH's ``max_threads``, but at most 4 per CPU this
+    director may use. A VM's boot is CPU work (Docker, the agent's start-up) on the same machine: 4 per CPU
+    keeps every CPU busy while some VMs wait on Docker, and more at once only makes each VM slower to answer
+    its ping (and the director look into more of them)."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    return max(1, min(max_threads, 4 * cpus))
 
 
 @dataclass(frozen=True)
@@ -164,7 +175,7 @@ class Deployer:
         missing = [i for i in plan if not i.has_vm]
         if not missing:
             return
-        sem = asyncio.Semaphore(self.max_threads)
+        sem = asyncio.Semaphore(creation_limit(self.max_threads))
 
         async def one(n: int, inst: DesiredInstance) -> None:
             async with sem:

@@ -23,6 +23,15 @@ from .store import Registry
 from .tasks import Task, TaskFailed
 
 DIAGNOSE_AFTER = 3.0             # seconds of silence before the director looks into the VM
+# Then it looks again after 2 s, 3 s, 4.5 s... (at most every 10 s): each look is a `docker exec` in a VM that
+# is still booting, and a deploy of many VMs on a busy machine must not slow every boot down with them.
+LOOK_EVERY, LOOK_GROWTH, LOOK_EVERY_MAX = 2.0, 1.5, 10.0
+# A ping sent before the agent subscribes is lost: ask again soon. The first pings wait 50 ms, then at most
+# PING_EVERY (an agent that is up answers in milliseconds, so a lost ping costs at most that much); the VM's
+# state is looked at (a Docker call) at most every VM_STATUS_EVERY seconds, not after every ping.
+FIRST_PING_TIMEOUT = 0.05
+PING_EVERY = 0.25
+VM_STATUS_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,18 +91,22 @@ class VMs:
                                                                          registry_password)},
                                "server": {"name": name}}
         disks = list(disk_cids or [])
-        # The agent's own NATS user (subscribe agent.<id>, publish director.> and hm.agent.*.<id> only).
-        try:
-            nats_password = await self.nats_auth.add(agent_id)
-        except NatsAuthError as e:
-            raise TaskFailed(f"creating the NATS user of agent {agent_id}: {e}") from None
-        mbus = with_userinfo(self.env.mbus, agent_id, nats_password) if self.nats_auth.enabled else self.env.mbus
+        # The agent's own NATS user (subscribe agent.<id>, publish director.> and hm.agent.*.<id> only), made
+        # while Docker makes the VM: the agent needs it only once it has its settings, which name it.
+        adding = asyncio.ensure_future(self.nats_auth.add(agent_id))
         try:
             vm = await self.cpi.create_vm(agent_id, name, user_data, metadata, static or {}, disks)
-        except CPIError as e:
-            await self.nats_auth.remove([agent_id])
-            raise TaskFailed(str(e)) from None
+        except BaseException as e:
+            await asyncio.shield(self._forget_user(agent_id, adding))
+            if isinstance(e, CPIError):
+                raise TaskFailed(str(e)) from None
+            raise
         try:
+            try:
+                nats_password = await adding
+            except NatsAuthError as e:
+                raise TaskFailed(f"creating the NATS user of agent {agent_id}: {e}") from None
+            mbus = with_userinfo(self.env.mbus, agent_id, nats_password) if self.nats_auth.enabled else self.env.mbus
             shown = ", ".join([vm.ip, *(static or {}).values()])
             self.task.info(f"created VM {name} ({vm.cid[:12]}) for agent {agent_id}, ip {shown}")
             settings: Settings = {
@@ -112,6 +125,14 @@ class VMs:
             raise
         return ReadyVM(agent_id, vm, settings)
 
+    async def _forget_user(self, agent_id: str, adding: asyncio.Future[str]) -> None:
+        """The VM was not made: once its NATS user is in (or failed), take it out again."""
+        if not adding.done():
+            await asyncio.wait([adding])
+        if not adding.cancelled():
+            adding.exception()      # retrieved: a failed add is no news here
+        await self.nats_auth.remove([agent_id])
+
     async def delete(self, cid: str) -> None:
         """Delete the VM, its settings and its agent's NATS user (its connection is closed)."""
         settings = await self.registry.get(cid)
@@ -128,8 +149,10 @@ class VMs:
         deadline = started + self.env.wait_timeout
         client = self.agents(agent_id)
         last_look = 0.0
+        look_every = LOOK_EVERY
+        last_status = started
         log_tail = ""
-        ping_timeout = 0.1     # a ping sent before the agent listens is lost: ask again soon, then less often
+        ping_timeout = FIRST_PING_TIMEOUT
         while time.monotonic() < deadline:
             if not self.agents.connected:
                 await asyncio.sleep(1)
@@ -139,14 +162,19 @@ class VMs:
             if await client.ping(ping_timeout):
                 self.task.info(f"agent {agent_id} on {name} answered ping after {time.monotonic() - started:.1f}s")
                 return
-            ping_timeout = min(1.0, ping_timeout * 2)
+            ping_timeout = min(PING_EVERY, ping_timeout * 2)
+            if time.monotonic() - last_status < VM_STATUS_EVERY:
+                continue
+            last_status = time.monotonic()
             status = await self.cpi.vm_status(cid)
             if not status.running:
                 what = f"exited with code {status.exit_code}" if status.exists else "vanished (its container was removed)"
                 raise TaskFailed(f"VM {name} ({cid[:12]}) {what} before its agent answered ping. "
                                  f"Last output:\n{status.logs}")
             now = time.monotonic()
-            if now - started >= DIAGNOSE_AFTER and now - last_look >= 2.0:
+            if now - started >= DIAGNOSE_AFTER and now - last_look >= look_every:
+                if last_look:
+                    look_every = min(LOOK_EVERY_MAX, look_every * LOOK_GROWTH)
                 last_look = now
                 try:
                     _, log_tail = await self.cpi.exec(cid, ["tail", "-n", "60", "/var/vcap/bosh/log/current"])

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from boshlab.dav import DavClient, DavConfig
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..applier import Applier
 from ..disks import Mounter, PersistentDisks
@@ -17,6 +15,9 @@ from ..spec import SpecStore
 from ..tasks import TaskManager
 from ..users import UserAdmin
 from ..vitals import Vitals
+
+if TYPE_CHECKING:   # boshlab.dav brings aiohttp: imported when a blob is fetched, not at boot
+    from boshlab.dav import DavClient
 
 JSON_TYPES: dict[type, str] = {dict: "an object", list: "an array", str: "a string", int: "an integer",
                                float: "a number", bool: "a boolean"}
@@ -72,6 +73,7 @@ class Services:
 
 
 def blobstore_client(settings: SettingsService) -> DavClient:
+    from boshlab.dav import DavClient, DavConfig
     return DavClient(DavConfig.from_options(dict(settings.settings["blobstore"]["options"])))
 
 

@@ -149,6 +149,10 @@ class Ssh(Action):
             raise ActionError(f"ssh setup: user {user} already exists")
         ip = default_ip(svc.settings.settings)
         try:
+            await svc.users.ensure_sshd()
+        except UserError as e:
+            raise ActionError(f"ssh setup: Starting sshd: {e}") from None
+        try:
             host_key = svc.users.host_public_key()
         except UserError as e:
             raise ActionError(f"ssh setup: Getting host public key: {e}") from None

@@ -75,6 +75,7 @@ class DockerCPI:
         self.lab = lab
         self.network = network
         self._client: docker.DockerClient | None = None
+        self._blank_labels: dict[str, str] | None = None    # the image's compose labels, blanked (per image)
         # Docker calls get threads of their own: a burst of create_vm (seconds each) must never hold up the
         # database and the registry the new agents are asking for their settings.
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cpi")
@@ -184,11 +185,14 @@ class DockerCPI:
         """Compose stamps the images it builds with ``com.docker.compose.project/service`` of the project that
         built them; containers inherit image labels, so a VM would look like a ``stemcell`` container of that
         (maybe another) project to ``docker compose``. Blank them: VMs belong to the director, not to compose."""
+        if self._blank_labels is not None:   # asked once, not once per VM (a Docker call less per create_vm)
+            return self._blank_labels
         try:
             img = self._docker().images.get(self.image)
         except docker.errors.DockerException:
             return {}
-        return {k: "" for k in (img.labels or {}) if k.startswith("com.docker.compose.")}
+        self._blank_labels = {k: "" for k in (img.labels or {}) if k.startswith("com.docker.compose.")}
+        return self._blank_labels
 
     async def ensure_network(self, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address) -> str:
         """The Docker network for a manual network's subnet: this lab's, made now if need be. A range that
