@@ -2,7 +2,9 @@
 
 Blobs live at ``<endpoint>/<sha1(id)[:2]>/<id>``. PUT answers 201/204, GET 200, HEAD 200/404, DELETE 2xx or
 404. Every request carries basic auth; failed requests are retried (3 attempts, as davcli does). Digests are
-SHA1 hex strings, checked after every GET. Files are streamed; hashing of files runs in a thread.
+SHA1 hex strings, checked after every GET. Files are streamed in one pass, at the machine's speed: a GET writes
+and hashes each megabyte in a thread while the next arrives; a PUT reads and hashes the next megabyte in a
+thread while this one is sent (the digest is known when the upload ends: no second read of the file).
 
 Deadlines (DavConfig fields, each attempt has its own): ``connect_timeout`` (10 s) to connect;
 ``read_timeout`` (60 s): no byte from the blobstore for that long (before the status line or mid-body) is an
@@ -22,13 +24,14 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 
 from .httpauth import basic_auth
 
-CHUNK = 1024 * 1024
+CHUNK = 1024 * 1024           # bytes handed to a thread at a time (file reads and writes, hashing)
+READ_BUFSIZE = 4 * CHUNK      # a response's buffer (aiohttp's default, 64 KiB, pauses the socket often)
 RETRY_ATTEMPTS = 3
 
 
@@ -145,7 +148,7 @@ class DavClient:
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout())
+            self._session = aiohttp.ClientSession(timeout=self._timeout(), read_bufsize=READ_BUFSIZE)
         return self._session
 
     def _auth(self) -> dict[str, str]:
@@ -220,23 +223,44 @@ class DavClient:
         return blob_id, digest
 
     async def put_file(self, path: str | os.PathLike[str], blob_id: str | None = None) -> tuple[str, str]:
-        """Stream a file up; returns ``(blob_id, sha1)``."""
+        """Stream a file up, hashing it on the way (one read of the file); returns ``(blob_id, sha1)``."""
         blob_id = blob_id or str(uuid.uuid4())
-        digest = await asyncio.to_thread(sha1_file, path)
         size = os.path.getsize(path)
-
-        async def body() -> AsyncIterator[bytes]:
-            with open(path, "rb") as f:
-                while chunk := await asyncio.to_thread(f.read, CHUNK):
-                    yield chunk
+        digest = ""
 
         async def go(sized: Sized) -> None:
+            nonlocal digest
+            h = hashlib.sha1()
+            sent = 0
+
+            async def body() -> AsyncIterator[bytes]:
+                nonlocal sent
+                f = await asyncio.to_thread(open, path, "rb")
+                ahead: asyncio.Future[bytes] | None = None
+                try:
+                    ahead = asyncio.ensure_future(asyncio.to_thread(_read_hashed, f, h))
+                    while chunk := await ahead:
+                        # read and hash the next chunk in a thread while this one is sent
+                        ahead = asyncio.ensure_future(asyncio.to_thread(_read_hashed, f, h))
+                        sent += len(chunk)
+                        yield chunk
+                    if sent != size:
+                        raise BlobstoreError(f"{path} changed while it was uploaded ({sent} bytes read, {size} "
+                                             f"expected)")
+                finally:
+                    if ahead is not None and not ahead.done():
+                        await asyncio.wait({ahead})
+                    await asyncio.to_thread(f.close)
+
             headers = {"Content-Length": str(size), **self._auth()}
             async with self._sess().put(self.url(blob_id), data=body(), headers=headers,
                                         timeout=self._timeout()) as r:
                 if r.status not in (201, 204):
                     self._check_denied("PUT", r.status)
                     raise BlobstoreError(f"PUT answered {r.status}")
+            if sent != size:
+                raise BlobstoreError(f"{path} changed while it was uploaded ({sent} bytes sent, {size} expected)")
+            digest = h.hexdigest()
         await self._retry("uploading", blob_id, go, size)
         return blob_id, digest
 
@@ -252,10 +276,11 @@ class DavClient:
                     self._check_denied("GET", r.status)
                     raise BlobstoreError(f"GET answered {r.status}")
                 sized(r.content_length)
-                with open(dest, "wb") as f:
-                    async for chunk in r.content.iter_chunked(CHUNK):
-                        h.update(chunk)
-                        await asyncio.to_thread(f.write, chunk)
+                f = await asyncio.to_thread(open, dest, "wb")
+                try:
+                    await _write_hashed(r.content, f, h)
+                finally:
+                    await asyncio.to_thread(f.close)
             return h.hexdigest()
         got = str(await self._retry("downloading", blob_id, go))
         if sha1 is not None:
@@ -351,6 +376,44 @@ class DavClient:
                 if not (200 <= r.status < 300 or r.status == 404):
                     raise BlobstoreError(f"DELETE answered {r.status}")
         await self._retry("deleting", blob_id, go)
+
+
+def _read_hashed(f: BinaryIO, h: Any) -> bytes:
+    """The next chunk of ``f``, added to the hash (in a thread: hashlib and file reads release the GIL)."""
+    chunk = f.read(CHUNK)
+    h.update(chunk)
+    return chunk
+
+
+def _write_parts(f: BinaryIO, h: Any, parts: list[bytes]) -> None:
+    for part in parts:
+        f.write(part)
+        h.update(part)
+
+
+async def _write_hashed(content: aiohttp.StreamReader, f: BinaryIO, h: Any) -> None:
+    """Everything ``content`` gives, written to ``f`` and hashed: a megabyte at a time in a thread, while the
+    event loop receives the next one. The thread is done with ``f`` when this returns or raises."""
+    pending: asyncio.Future[None] | None = None
+    parts: list[bytes] = []
+    held = 0
+    try:
+        async for data in content.iter_any():
+            parts.append(data)
+            held += len(data)
+            if held >= CHUNK:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(_write_parts, f, h, parts))
+                parts, held = [], 0
+        if pending is not None:
+            await pending
+        if parts:
+            pending = asyncio.ensure_future(asyncio.to_thread(_write_parts, f, h, parts))
+            await pending
+    finally:
+        if pending is not None and not pending.done():
+            await asyncio.wait({pending})    # never close the file under a writing thread
 
 
 def check_sha1(blob_id: str, expected: str, actual: str, path: str | os.PathLike[str] | None = None) -> None:
