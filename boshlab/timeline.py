@@ -35,6 +35,7 @@ class HeartbeatSummary(TypedDict, total=False):
     window_s: float                 # how long the window was
     instances: dict[str, str]       # instance -> its last job_state
     changed: list[str]              # instances whose job_state changed (the event was sent early for them)
+    omitted: int                    # instances heard but not named (a summary names at most 200, changed first)
 
 
 class TimelineEvent(TypedDict, total=False):
@@ -177,7 +178,8 @@ def render_line(event: TimelineEvent, paint: Painter = _plain, utc: bool = False
         hb = event.get("heartbeats", {})
         states = ", ".join(f"{k} {paint(v, '32' if v == 'running' else '33')}"
                            for k, v in sorted(hb.get("instances", {}).items()))
-        return f"{stamp}  heartbeats: {hb.get('count', 0)} in {hb.get('window_s', 0):.0f} s  {states}"
+        more = f" and {hb['omitted']} more" if hb.get("omitted") else ""
+        return f"{stamp}  heartbeats: {hb.get('count', 0)} in {hb.get('window_s', 0):.0f} s  {states}{more}"
     if kind == "alert":
         return f"{stamp}  {who} ⚠ {paint('alert', '33')}: {event.get('text', '')}"
     if kind == "fault":

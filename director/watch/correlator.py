@@ -28,6 +28,8 @@ MAX_KEPT = 64 * 1024              # bodies larger than this are not kept whole i
 MAX_PENDING = 10_000              # requests waiting for a reply; the oldest is forgotten beyond this
 MAX_TASKS = 10_000                # long-running actions being polled
 MAX_AGENTS = 10_000               # agents whose last job_state is remembered
+MAX_SUMMARY = 200                 # instances named in one heartbeat summary (the ring holds 10k events: a 10k-VM
+                                  # fleet's summaries would otherwise keep 100M entries); the rest are counted
 TEXT_LIMIT = 300
 RETRIED_AT_ONCE = ("ping",)       # sent again with short timeouts: a second one means the first got no answer
 
@@ -274,8 +276,19 @@ class Correlator:
     def _flush(self, now: float, changed: list[str]) -> TimelineEvent:
         hb = self._hb
         started = now if hb.started is None else hb.started
-        summary: HeartbeatSummary = {"count": hb.count, "window_s": round(now - started, 3),
-                                     "instances": dict(hb.states)}
+        states = hb.states
+        if len(states) > MAX_SUMMARY:
+            kept = {name: states[name] for name in changed if name in states}
+            for name, state in states.items():
+                if len(kept) >= MAX_SUMMARY:
+                    break
+                kept.setdefault(name, state)
+            omitted = len(states) - len(kept)
+        else:
+            kept, omitted = dict(states), 0
+        summary: HeartbeatSummary = {"count": hb.count, "window_s": round(now - started, 3), "instances": kept}
+        if omitted:
+            summary["omitted"] = omitted
         if changed:
             summary["changed"] = changed
         self._hb = _Heartbeats()

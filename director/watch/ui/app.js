@@ -368,7 +368,8 @@
       const changed = new Set(hb.changed || []);
       const dots = heartbeatDots(ev, st.cols);
       const text = `♥ ${hb.count || 0} heartbeats in ${Math.round(hb.window_s || 0)} s` +
-        (changed.size ? ` · ${Array.from(changed).map((n) => `${n} now ${(hb.instances || {})[n] || "?"}`).join(", ")}` : "");
+        (changed.size ? ` · ${Array.from(changed).map((n) => `${n} now ${(hb.instances || {})[n] || "?"}`).join(", ")}` : "") +
+        (hb.omitted ? ` · ${hb.omitted} more not named` : "");
       const body = `<text class="label" x="${fixedX("director") - COL_W / 2 + 8}" y="${y + 5}">${esc(text)}</text>`;
       // the dots go in a layer above the activation bars, or a running action would hide them
       const marks = dots ? `<g class="marks" data-uid="${uidOf.get(ev)}" transform="translate(0,${st.bottom})">${dots}</g>` : "";

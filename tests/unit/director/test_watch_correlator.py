@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from boshlab import wire
 from boshlab.timeline import TimelineEvent, render_line
-from director.watch.correlator import MAX_KEPT, Correlator, Name
+from director.watch.correlator import MAX_KEPT, MAX_SUMMARY, Correlator, Name
 
 AGENT = "a1c3e5f7-0000-4000-8000-000000000001"
 PROC = "0d1e2c3b-0000-4000-8000-00000000000f"
@@ -176,6 +176,21 @@ def test_heartbeats_are_summarised_per_window_and_a_job_state_change_is_told_at_
     assert heartbeat(c, "failing", 32.0) == []       # the same state again: no early event
     line = render_line(changed)
     assert line is not None and "failing" in line
+
+
+def test_a_summary_names_at_most_max_summary_instances_changed_first_and_counts_the_rest() -> None:
+    fleet = {f"c0000000-0000-4000-8000-{i:012d}": ("big", f"app/{i}", f"inst-{i}") for i in range(MAX_SUMMARY + 50)}
+    c = Correlator(lambda a: fleet.get(a) or names(a), window=10.0)
+    for i, agent in enumerate(fleet):
+        assert heartbeat(c, "running", i * 0.001, agent) == []
+    last = list(fleet)[-1]
+    changed, = heartbeat(c, "failing", 1.0, last)     # an instance beyond the cap changes state
+    hb = changed["heartbeats"]
+    assert len(hb["instances"]) == MAX_SUMMARY and hb["omitted"] == 50
+    assert hb["instances"][f"app/{MAX_SUMMARY + 49}"] == "failing", "the changed instance is always named"
+    assert hb["count"] == MAX_SUMMARY + 51
+    line = render_line(changed)
+    assert line is not None and line.endswith("and 50 more")
 
 
 def test_alerts_and_shutdowns() -> None:
