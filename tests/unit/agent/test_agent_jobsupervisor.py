@@ -216,3 +216,15 @@ async def test_reload_fails_when_the_incarnation_never_changes(vcap: Paths, moni
     sup.reload_wait = 0.05
     with pytest.raises(JobSupervisorError, match="did not reload"):
         await sup.reload()
+
+
+def test_waits_for_monit_start_at_50_ms_and_grow_to_the_poll_interval(vcap: Paths) -> None:
+    """A stop or a reload usually ends within a few hundred ms: the first looks come soon, later ones at
+    most every ``poll`` (monit's status is not asked for in a tight loop)."""
+    import itertools
+    sup = MonitJobSupervisor(vcap, poll=0.5)
+    pauses = list(itertools.islice(sup._pauses(), 12))
+    assert pauses[0] == 0.05
+    assert all(b >= a for a, b in itertools.pairwise(pauses)) and max(pauses) == 0.5
+    assert sum(pauses[:4]) < 0.5, "four looks within the old single poll"
+    assert list(itertools.islice(MonitJobSupervisor(vcap, poll=0.01)._pauses(), 3)) == [0.01, 0.01, 0.01]
