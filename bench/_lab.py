@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,20 @@ def shared_project() -> str:
 def _workshop_up(lab: BenchLab) -> None:
     lab.up()
     lab.wait_running("redis-solo")
+
+
+def on_workshop_lab(project: str | None, measure: Callable[[BenchLab], list[Any]]) -> list[Any]:
+    """A bench script's figures: ``measure`` on the running lab of compose project ``project`` (``--project``),
+    else on a workshop lab of its own (:func:`workshop_lab`)."""
+    if project:
+        lab = BenchLab(project)
+        lab.api = "http://127.0.0.1:" + lab.port("director", 25555)
+        try:
+            return measure(lab)
+        finally:
+            lab.close()
+    with workshop_lab() as lab:
+        return measure(lab)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._lab import BenchLab, host_pid, rss_kib, workshop_lab  # noqa: E402
+from bench._lab import BenchLab, host_pid, on_workshop_lab, rss_kib, workshop_lab  # noqa: E402
 from bench.figures import Figure, dumps, figure, table  # noqa: E402
 from boshlab.dav import DavClient, DavConfig  # noqa: E402
 
@@ -194,14 +194,7 @@ def main() -> None:
     p.add_argument("--project", help="a running lab's compose project (default: a lab of its own)")
     p.add_argument("--json", help="write the figures to this file")
     a = p.parse_args()
-    if a.project:
-        lab = BenchLab(a.project)
-        lab.api = "http://127.0.0.1:" + lab.port("director", 25555)
-        figures = measure_lab(lab, a.mib, a.rounds)
-        lab.close()
-    else:
-        with workshop_lab() as lab:
-            figures = measure_lab(lab, a.mib, a.rounds)
+    figures: list[Figure] = on_workshop_lab(a.project, lambda lab: measure_lab(lab, a.mib, a.rounds))
     print(table(figures))
     if a.json:
         Path(a.json).write_text(dumps(figures))

@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._lab import BenchLab, workshop_lab  # noqa: E402
+from bench._lab import BenchLab, on_workshop_lab, workshop_lab  # noqa: E402
 from bench.figures import Figure, dumps, figure, table  # noqa: E402
 
 MANIFESTS = {"overrides": ROOT / "workshop/manifests/redis-solo-overrides.yml",
@@ -142,14 +142,7 @@ def main() -> None:
     p.add_argument("--breakdown", action="store_true", help="print the last redeploy's debug log with times")
     p.add_argument("--json", help="write the figures to this file")
     a = p.parse_args()
-    if a.project:
-        lab = BenchLab(a.project)
-        lab.api = "http://127.0.0.1:" + lab.port("director", 25555)
-        figures = measure_lab(lab, a.rounds, a.breakdown)
-        lab.close()
-    else:
-        with workshop_lab() as lab:
-            figures = measure_lab(lab, a.rounds, a.breakdown)
+    figures: list[Figure] = on_workshop_lab(a.project, lambda lab: measure_lab(lab, a.rounds, a.breakdown))
     print(table(figures))
     if a.json:
         Path(a.json).write_text(dumps(figures))
