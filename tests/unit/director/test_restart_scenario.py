@@ -38,7 +38,8 @@ async def test_director_restarted_mid_task(directors: Directors) -> None:
                                      skip_drain=True)
     await d2.run_task(again)
     assert '"cancel_task"' in await d2.output(task), "the stopping director cancelled the agent's drain"
-    assert time.monotonic() - started < 15, "the agent's drain of the stopped task was cancelled"
+    # not a speed limit: an uncancelled drain would have held this deploy's stop for its full 20 s
+    assert time.monotonic() - started < 20, "the agent's drain of the stopped task was cancelled"
     [after] = await d2.instances("dep")
     assert after.vm_cid is not None
     vm = d2.cpi.vms[after.vm_cid]
