@@ -1,4 +1,5 @@
-"""Fixtures every unit test may use: a loopback HTTP server for a handler, and a real nats-server."""
+"""Fixtures every unit test may use: a loopback HTTP server for a handler, a real nats-server, and the director's
+store on a fresh sqlite file."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from director.store import Store
 from tests.support import nats_server as support
 from tests.support.nats_server import free_port
 
@@ -59,3 +61,12 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     with support.nats_server(tmp_path, lambda port: f'listen: 127.0.0.1:{port}\n'
                              'authorization { user: "nats", password: "nats" }\n') as port:
         yield NatsServer(port)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """The director's store, opened on a sqlite file of its own."""
+    s = Store(tmp_path / "director.sqlite3")
+    await s.open()
+    yield s
+    await s.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, cast
 
@@ -234,13 +234,6 @@ def test_agent_timeout_must_be_above_two_heartbeats(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BOSH_LAB_HEARTBEAT_INTERVAL", "30")
     assert Config.from_env().agent_timeout == 75
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "d.sqlite3")
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from director.store import InstanceRow, NetworkAddress, Store
 
 LAB = "10.250.7.0/24"
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "director.sqlite3")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_instance_vm_created_gone_updated_round_trip(store: Store) -> None:

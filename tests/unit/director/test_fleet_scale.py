@@ -7,7 +7,6 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,14 +22,6 @@ from director.watch.correlator import MAX_SUMMARY, Correlator
 from director.watch.directory import Directory
 from director.watch.hub import Hub
 from director.watch.tap import Tap
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "director.sqlite3")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def columns(spec: str | None) -> dict[str, Any]:
