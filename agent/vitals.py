@@ -87,6 +87,8 @@ class Cgroup:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.v2 = (root / "cgroup.controllers").exists()
+        # whether this is a VM's cgroup to read at all (looked at once: uptime and load depend on it too)
+        self.present = (root / "memory.current" if self.v2 else root / "memory" / "memory.usage_in_bytes").exists()
 
     def memory(self) -> tuple[int, int | None] | None:
         """(bytes used less inactive page cache, limit or None), or None when there is no cgroup to read."""
@@ -166,7 +168,7 @@ class Vitals:
         """Seconds since this VM's PID 1 started (its container), else since the machine booted."""
         host = float((self.proc / "uptime").read_text().split()[0])
         text = _read(self.proc / "1" / "stat")
-        if text and self.cgroup.memory() is not None:
+        if text and self.cgroup.present:
             fields = text.rpartition(")")[2].split()
             if len(fields) > 19 and fields[19].isdigit():       # field 22 of the whole line: starttime
                 return max(0.0, host - int(fields[19]) / CLK_TCK)
@@ -193,7 +195,7 @@ class Vitals:
     def load(self) -> list[str]:
         """The host's load average without a cgroup; else this VM's own (kernel-style exponential averages of
         its runnable tasks, sampled at each heartbeat)."""
-        if self.cgroup.memory() is None:
+        if not self.cgroup.present:
             return [f"{float(x):.2f}" for x in (self.proc / "loadavg").read_text().split()[:3]]
         n, now = runnable_tasks(self.proc), self.clock()
         if self._load is None:
